@@ -1,0 +1,100 @@
+"""The typer application, its single error boundary, and options shared by every command."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from fraudkit import __version__
+from fraudkit.config import FraudkitConfig, load_config, parse_set_options
+from fraudkit.errors import FraudkitError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class FraudkitGroup(TyperGroup):
+    """Root command group: the one place where FraudkitError becomes a message and an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FraudkitError as exc:
+            if _show_traceback(ctx):
+                err_console.print(traceback.format_exc(), markup=False, highlight=False)
+            for line in str(exc).splitlines() or [type(exc).__name__]:
+                err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+
+
+def _show_traceback(ctx: typer.Context) -> bool:
+    root = ctx.find_root()
+    return bool((root.obj or {}).get("traceback")) or os.environ.get("FRAUDKIT_TRACEBACK") == "1"
+
+
+app = typer.Typer(
+    cls=FraudkitGroup,
+    help="Real-time payment-fraud detection on Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fraudkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    show_traceback: Annotated[
+        bool, typer.Option("--traceback", help="Show the full stack trace of errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """fraudkit: simulate, train, detect and retrain live on Kafka, from one terminal."""
+    ctx.obj = {"traceback": show_traceback}
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML config file (default: $FRAUDKIT_CONFIG, else configs/default.yaml).",
+        show_default=False,
+    ),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override any setting: --set detect.batch_size=500 (repeatable)."),
+]
+
+
+def load(config_path: Path | None, set_options: list[str] | None = None, **flags: Any) -> FraudkitConfig:
+    """Load config with precedence defaults < YAML < env < --set < explicit flags (dotted keys)."""
+    overrides = parse_set_options(set_options or [])
+    overrides.update({key.replace("__", "."): value for key, value in flags.items() if value is not None})
+    return load_config(config_path, overrides)
+
+
+def stdout_is_terminal() -> bool:
+    """True when stdout is an interactive terminal (live panels only make sense there)."""
+    return sys.stdout.isatty()

@@ -1,0 +1,462 @@
+"""Typed configuration: defaults < YAML file < FRAUDKIT_* env vars < CLI flags, validated once."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fraudkit.errors import ConfigError
+
+KafkaValue = str | int | float | bool
+ENV_PREFIX = "FRAUDKIT_"
+DEFAULT_CONFIG_FILE = Path("configs/default.yaml")
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _default_common() -> dict[str, KafkaValue]:
+    return {"bootstrap.servers": "127.0.0.1:9092"}
+
+
+class KafkaConfig(Section):
+    """librdkafka settings passed through verbatim, plus fraudkit's connection behaviour."""
+
+    common: dict[str, KafkaValue] = Field(default_factory=_default_common)
+    producer: dict[str, KafkaValue] = Field(default_factory=dict)
+    consumer: dict[str, KafkaValue] = Field(default_factory=dict)
+    connect_timeout_s: float = Field(30.0, gt=0)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The bootstrap.servers value, for messages."""
+        return str(self.common.get("bootstrap.servers", "localhost:9092"))
+
+
+class TopicsConfig(Section):
+    """Topic names, partition counts and retention."""
+
+    transactions: str = "transactions"
+    legit: str = "transactions.legit"
+    fraud: str = "transactions.fraud"
+    verdicts: str = "verdicts"
+    labels: str = "labels"
+    dead_letter: str = "transactions.dead-letter"
+    control: str = "fraudkit.control"
+    transactions_partitions: int = Field(6, gt=0)
+    partitions: int = Field(3, gt=0)
+    replication_factor: int = Field(1, gt=0)
+    retention_ms: int = Field(3_600_000, gt=0)
+
+
+class BrokerConfig(Section):
+    """The embedded Tansu broker used for local runs and tests."""
+
+    port: int = Field(9092, gt=0, lt=65536)
+    state_dir: Path = Path(".fraudkit/broker")
+    start_timeout_s: float = Field(20.0, gt=0)
+
+
+class SparkConfig(Section):
+    """Spark session settings: local by default, or a cluster master URL."""
+
+    master: str = "local[2]"
+    driver_memory: str = "2g"
+    shuffle_partitions: int = Field(8, gt=0)
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class ScenarioRates(Section):
+    """Per-scenario fraud rates of the simulator."""
+
+    large_amount: float = Field(0.0006, ge=0, le=1)
+    compromised_terminals_per_day: float = Field(0.04, ge=0)
+    terminal_compromise_days: int = Field(21, gt=0)
+    terminal_fraud_fraction: float = Field(0.5, ge=0, le=1)
+    compromised_cards_per_day: float = Field(0.6, ge=0)
+    card_compromise_days: int = Field(14, gt=0)
+    card_fraud_fraction: float = Field(0.33, ge=0, le=1)
+    card_testing_bursts_per_day: float = Field(0.3, ge=0)
+    impossible_travel_per_day: float = Field(0.6, ge=0)
+
+
+class SimulateConfig(Section):
+    """The synthetic world of `fraudkit simulate`."""
+
+    customers: int = Field(5000, gt=0)
+    terminals: int = Field(10000, gt=0)
+    days: int = Field(90, gt=0)
+    start_date: str = "2026-01-01"
+    seed: int = 42
+    format: Literal["parquet", "csv"] = "parquet"
+    out: Path = Path("data/transactions.parquet")
+    scenarios: ScenarioRates = Field(default_factory=ScenarioRates)
+
+
+class DataConfig(Section):
+    """Where datasets live and which column mapping reads them."""
+
+    dataset: str = "fraudkit"
+    path: Path = Path("data/transactions.parquet")
+    history_path: Path = Path("data/history.parquet")
+    stream_path: Path = Path("data/stream.parquet")
+
+
+class SplitConfig(Section):
+    """`fraudkit split`: by event time into history and stream parts."""
+
+    train_fraction: float = Field(0.7, gt=0, lt=1)
+    at: str | None = None
+
+
+class FeaturesConfig(Section):
+    """Feature windows and the label delay."""
+
+    label_delay_days: float = Field(7.0, ge=0)
+    card_windows_hours: list[float] = Field(default_factory=lambda: [1.0, 24.0, 168.0, 720.0])
+    terminal_windows_days: list[float] = Field(default_factory=lambda: [1.0, 7.0, 30.0])
+
+    @field_validator("card_windows_hours", "terminal_windows_days")
+    @classmethod
+    def _positive_windows(cls, value: list[float]) -> list[float]:
+        if not value or any(w <= 0 for w in value):
+            raise ValueError("must be a non-empty list of values > 0")
+        return value
+
+
+class ThresholdConfig(Section):
+    """How the decision threshold is chosen on validation data."""
+
+    mode: Literal["precision", "budget"] = "precision"
+    target_precision: float = Field(0.5, gt=0, le=1)
+    cards_per_day: int = Field(100, gt=0)
+
+
+class TrainConfig(Section):
+    """The MLP and its time-based training protocol."""
+
+    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 32])
+    dropout: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(20, gt=0)
+    learning_rate: float = Field(0.001, gt=0)
+    batch_size: int = Field(1024, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(3, gt=0)
+    seed: int = 7
+    train_from: str | None = None
+    train_to: str | None = None
+    valid_days: float = Field(14.0, gt=0)
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+
+
+class RegistryConfig(Section):
+    """The versioned model registry."""
+
+    path: Path = Path("models")
+
+
+class EvaluateConfig(Section):
+    """`fraudkit evaluate` settings."""
+
+    top_k: int = Field(100, gt=0)
+    amount_rule_threshold: float = Field(900.0, gt=0)
+
+
+class GenerateConfig(Section):
+    """`fraudkit generate`: the transaction source, its rate and the client's view."""
+
+    source: Literal["simulator", "replay"] = "simulator"
+    replay_path: Path | None = None
+    rate: float | None = Field(1000.0, gt=0)
+    speedup: float | None = Field(None, gt=0)
+    count: int | None = Field(None, gt=0)
+    duration_s: float | None = Field(None, gt=0)
+    seed: int = 42
+    label_delay_s: float = Field(7 * 86400.0, ge=0)
+    label_fraction: float = Field(1.0, ge=0, le=1)
+    read_verdicts: bool = True
+    verdict_group_id: str = "fraudkit-generate-client"
+
+
+class DetectConfig(Section):
+    """`fraudkit detect`: the scoring loop."""
+
+    group_id: str = "fraudkit-detect"
+    batch_size: int = Field(2000, gt=0)
+    poll_timeout_s: float = Field(0.05, gt=0)
+    model: str = "current"
+    exactly_once: bool = False
+    transactional_id: str = "fraudkit-detect"
+    reasons: int = Field(3, ge=0)
+    max_card_state: int = Field(2_000_000, gt=0)
+    amount_rule_threshold: float = Field(900.0, gt=0)
+    quiet: bool = False
+
+
+class RetrainConfig(Section):
+    """Live retraining: triggers, the label buffer and champion/challenger."""
+
+    enabled: bool = True
+    role: Literal["all", "scorer", "trainer"] = "all"
+    every_labels: int = Field(20000, gt=0)
+    every_seconds: float | None = Field(None, gt=0)
+    window_rows: int = Field(200_000, gt=0)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    metric: Literal["average_precision", "roc_auc"] = "average_precision"
+    min_improvement: float = 0.0
+    buffer_path: Path = Path(".fraudkit/labels")
+    buffer_max_rows: int = Field(500_000, gt=0)
+    epochs: int = Field(5, gt=0)
+
+
+class SinkConfig(Section):
+    """`fraudkit sink`: verdicts into a SQL database."""
+
+    url: str = "sqlite:///fraudkit.db"
+    group_id: str = "fraudkit-sink"
+    batch_size: int = Field(5000, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
+
+
+class DemoConfig(Section):
+    """`fraudkit demo`: the one-command showcase."""
+
+    duration_s: float = Field(180.0, gt=0)
+    rate: float = Field(2000.0, gt=0)
+    seed: int = 42
+    workdir: Path = Path(".fraudkit/demo")
+
+
+class FraudkitConfig(Section):
+    """The whole merged configuration."""
+
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    topics: TopicsConfig = Field(default_factory=TopicsConfig)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    sink: SinkConfig = Field(default_factory=SinkConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+
+
+# Keys of these dicts are librdkafka property names, which contain dots; env vars spell them
+# with underscores (FRAUDKIT_KAFKA__COMMON__BOOTSTRAP_SERVERS).
+_PASSTHROUGH_PATHS = {("kafka", "common"), ("kafka", "producer"), ("kafka", "consumer")}
+_SECRET_KEY = re.compile(r"(password|secret|token|credential|api\.?key|(^|[._])key($|\.pem))", re.I)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)(?P<pw>[^@\s]+)(?P<tail>@)", re.I)
+MASK = "******"
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = target
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _record_sources(data: Any, prefix: tuple[str, ...], source: str, sources: dict[str, str]) -> None:
+    if isinstance(data, Mapping) and prefix not in _PASSTHROUGH_PATHS:
+        for key, value in data.items():
+            _record_sources(value, (*prefix, str(key)), source, sources)
+    elif isinstance(data, Mapping):
+        for key in data:
+            sources[".".join((*prefix, str(key)))] = source
+    else:
+        sources[".".join(prefix)] = source
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"invalid YAML in {path}{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _env_overrides(environ: Mapping[str, str]) -> list[tuple[tuple[str, ...], Any, str]]:
+    overrides = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == "FRAUDKIT_CONFIG" or "__" not in name:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if len(parts) >= 3 and (parts[0], parts[1]) in _PASSTHROUGH_PATHS:
+            parts = [parts[0], parts[1], ".".join(parts[2:]).replace("_", ".")]
+        overrides.append((tuple(parts), parse_scalar(raw), f"env {name}"))
+    return overrides
+
+
+def parse_scalar(raw: str) -> Any:
+    """Parse a string from an env var or `--set` the way YAML would (ints, floats, bools, lists)."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        return raw
+
+
+def _format_errors(error: ValidationError, sources: Mapping[str, str]) -> str:
+    lines = []
+    for item in error.errors():
+        loc = tuple(str(part) for part in item["loc"])
+        path = ".".join(loc)
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        message = (
+            message.replace("Input should be greater than or equal to", "must be >=")
+            .replace("Input should be greater than", "must be >")
+            .replace("Input should be less than or equal to", "must be <=")
+            .replace("Input should be less than", "must be <")
+            .replace("Input should be", "must be")
+        )
+        source = _source_for(loc, sources)
+        lines.append(f"{path}: {message} ({source})")
+    return "\n".join(lines)
+
+
+def _source_for(loc: tuple[str, ...], sources: Mapping[str, str]) -> str:
+    for end in range(len(loc), 0, -1):
+        key = ".".join(loc[:end])
+        if key in sources:
+            return sources[key]
+    prefix = ".".join(loc) + "."
+    for key, source in sources.items():
+        if key.startswith(prefix):
+            return source
+    return "defaults"
+
+
+def resolve_config_path(explicit: Path | str | None, environ: Mapping[str, str]) -> Path | None:
+    """The YAML file to read: --config, else $FRAUDKIT_CONFIG, else configs/default.yaml if present."""
+    if explicit:
+        return Path(explicit)
+    if environ.get("FRAUDKIT_CONFIG"):
+        return Path(environ["FRAUDKIT_CONFIG"])
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_config(
+    path: Path | str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> FraudkitConfig:
+    """Merge defaults, the YAML file, FRAUDKIT_* env vars and flag overrides (dotted keys)."""
+    environ = os.environ if environ is None else environ
+    config_path = resolve_config_path(path, environ)
+    data: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if config_path is not None:
+        file_data = _read_yaml(config_path)
+        data = _deep_merge(data, file_data)
+        _record_sources(file_data, (), str(config_path), sources)
+    for key_path, value, source in _env_overrides(environ):
+        _set_path(data, key_path, value)
+        sources[".".join(key_path)] = source
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        key_path = _split_override(dotted)
+        _set_path(data, key_path, value)
+        sources[".".join(key_path)] = "command line"
+    try:
+        return FraudkitConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, sources)) from None
+
+
+def _split_override(dotted: str) -> tuple[str, ...]:
+    parts = dotted.split(".")
+    if len(parts) >= 3 and (parts[0], parts[1]) in _PASSTHROUGH_PATHS:
+        return (parts[0], parts[1], ".".join(parts[2:]))
+    return tuple(parts)
+
+
+def parse_set_options(options: list[str]) -> dict[str, Any]:
+    """Turn repeated `--set section.key=value` flags into overrides."""
+    result: dict[str, Any] = {}
+    for option in options:
+        key, sep, raw = option.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {option!r}: expected section.key=value")
+        result[key.strip()] = parse_scalar(raw)
+    return result
+
+
+def is_secret_key(key: str) -> bool:
+    """True for setting names whose values must never be printed (passwords, secrets, keys)."""
+    return bool(_SECRET_KEY.search(key)) and not key.endswith(".location")
+
+
+def mask_url(value: str) -> str:
+    """Hide the password of a URL such as postgresql://user:pw@host/db."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['tail']}", value)
+
+
+def masked(data: Any, key: str = "") -> Any:
+    """A copy of a plain config dict with secret values replaced by a mask."""
+    if isinstance(data, dict):
+        return {k: masked(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [masked(v, key) for v in data]
+    if key and is_secret_key(key) and data not in (None, ""):
+        return MASK
+    if isinstance(data, str):
+        return mask_url(data)
+    return data
+
+
+def config_as_dict(config: FraudkitConfig, mask_secrets: bool = True) -> dict[str, Any]:
+    """The merged config as plain data, secrets masked unless asked otherwise."""
+    data = config.model_dump(mode="json")
+    return masked(data) if mask_secrets else data
+
+
+def dump_yaml(config: FraudkitConfig) -> str:
+    """The merged config as YAML with secrets masked (what `config show` prints)."""
+    return yaml.safe_dump(config_as_dict(config), sort_keys=False, default_flow_style=False)

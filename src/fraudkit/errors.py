@@ -1,0 +1,45 @@
+"""The FraudkitError tree; each class carries the process exit code the CLI uses."""
+
+from __future__ import annotations
+
+
+class FraudkitError(Exception):
+    """Base of every error fraudkit reports to the user as one clear line."""
+
+    exit_code = 1
+
+
+class ConfigError(FraudkitError):
+    """Bad configuration or command-line usage."""
+
+    exit_code = 2
+
+
+class BrokerError(FraudkitError):
+    """Kafka (or the embedded broker) cannot be reached or refused an operation."""
+
+    exit_code = 3
+
+
+class ModelError(FraudkitError):
+    """A model artifact or the registry is missing, corrupt or tampered with."""
+
+    exit_code = 4
+
+
+class DataError(FraudkitError):
+    """Input data is missing, malformed or inconsistent."""
+
+    exit_code = 5
+
+
+class DatabaseError(FraudkitError):
+    """The SQL database cannot be reached or refused a write."""
+
+    exit_code = 6
+
+
+class Interrupted(FraudkitError):
+    """A one-shot command was interrupted by the user (Ctrl-C)."""
+
+    exit_code = 130

@@ -1,0 +1,282 @@
+"""The only importer of confluent_kafka: client factories, broker readiness, topic admin, delivery."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from fraudkit.config import FraudkitConfig, KafkaValue
+from fraudkit.errors import BrokerError
+
+__all__ = [
+    "OFFSET_BEGINNING",
+    "OFFSET_END",
+    "Consumer",
+    "DeliveryTracker",
+    "KafkaError",
+    "KafkaException",
+    "Message",
+    "Producer",
+    "TopicPartition",
+    "all_topic_names",
+    "ensure_topics",
+    "list_topics",
+    "make_admin",
+    "make_consumer",
+    "make_producer",
+    "make_reader",
+    "produce",
+    "wait_for_broker",
+]
+
+# Defaults that suit both Tansu and Apache Kafka; anything in the YAML overrides them.
+PRODUCER_DEFAULTS: dict[str, KafkaValue] = {
+    "linger.ms": 5,
+    "batch.num.messages": 10000,
+    "queue.buffering.max.messages": 500000,
+    "compression.type": "lz4",
+    "enable.idempotence": False,
+    "acks": "all",
+}
+CONSUMER_DEFAULTS: dict[str, KafkaValue] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 1000,
+    "fetch.wait.max.ms": 10,
+    "queued.min.messages": 20000,
+}
+
+
+def _settings(
+    config: FraudkitConfig, role: Mapping[str, KafkaValue], extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    settings.update(config.kafka.common)
+    settings.update(role)
+    settings.update({k: v for k, v in extra.items() if v is not None})
+    return settings
+
+
+def make_producer(config: FraudkitConfig, **extra: Any) -> Producer:
+    """A producer from kafka.common + kafka.producer (+ per-call overrides such as transactional.id)."""
+    settings = _settings(config, {**PRODUCER_DEFAULTS, **config.kafka.producer}, _dotted(extra))
+    return _create(Producer, settings, config)
+
+
+def make_consumer(config: FraudkitConfig, group_id: str, **extra: Any) -> Consumer:
+    """A consumer group member that never auto-commits: callers commit after delivery."""
+    role = {**CONSUMER_DEFAULTS, **config.kafka.consumer, "group.id": group_id}
+    return _create(Consumer, _settings(config, role, _dotted(extra)), config)
+
+
+def make_reader(config: FraudkitConfig, **extra: Any) -> Consumer:
+    """A consumer for assign()-based reading that never commits and joins no real group."""
+    role = {
+        **CONSUMER_DEFAULTS,
+        **config.kafka.consumer,
+        "group.id": f"fraudkit-reader-{uuid.uuid4().hex[:12]}",
+        "enable.auto.commit": False,
+    }
+    return _create(Consumer, _settings(config, role, _dotted(extra)), config)
+
+
+def make_admin(config: FraudkitConfig) -> AdminClient:
+    """An admin client from kafka.common."""
+    return _create(AdminClient, dict(config.kafka.common), config)
+
+
+def _dotted(extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Python keyword overrides use underscores; librdkafka names use dots."""
+    return {key.replace("_", "."): value for key, value in extra.items()}
+
+
+def _create(
+    factory: Callable[[dict[str, Any]], Any], settings: dict[str, Any], config: FraudkitConfig
+) -> Any:
+    try:
+        return factory(settings)
+    except KafkaException as exc:
+        raise BrokerError(f"invalid Kafka client settings: {exc.args[0].str()}") from None
+    except (TypeError, ValueError) as exc:
+        raise BrokerError(f"invalid Kafka client settings: {exc}") from None
+
+
+def wait_for_broker(
+    config: FraudkitConfig,
+    timeout_s: float | None = None,
+    on_retry: Callable[[float, str], None] | None = None,
+) -> list[str]:
+    """Block until a metadata request succeeds; raise BrokerError after the timeout. Returns topics."""
+    timeout_s = config.kafka.connect_timeout_s if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout_s
+    admin = make_admin(config)
+    delay = 0.25
+    last_error = "no response"
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            metadata = admin.list_topics(timeout=max(0.1, min(remaining, 5.0)))
+            if metadata.brokers:
+                return sorted(metadata.topics)
+            last_error = "no brokers in metadata"
+        except KafkaException as exc:
+            last_error = exc.args[0].str() if exc.args else str(exc)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        if on_retry is not None:
+            on_retry(remaining, last_error)
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 2.0)
+    raise BrokerError(
+        f"cannot reach Kafka at {config.kafka.bootstrap_servers} ({last_error}; gave up after {timeout_s:g}s)"
+    )
+
+
+def list_topics(config: FraudkitConfig, timeout_s: float = 10.0) -> dict[str, int]:
+    """Existing topic names with their partition counts (internal topics left out)."""
+    try:
+        metadata = make_admin(config).list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise BrokerError(
+            f"cannot reach Kafka at {config.kafka.bootstrap_servers} ({exc.args[0].str()})"
+        ) from None
+    return {
+        name: len(topic.partitions) for name, topic in metadata.topics.items() if not name.startswith("__")
+    }
+
+
+def all_topic_names(config: FraudkitConfig) -> list[str]:
+    """Every topic fraudkit's pipeline uses, by config name."""
+    t = config.topics
+    return [t.transactions, t.legit, t.fraud, t.verdicts, t.labels, t.dead_letter, t.control]
+
+
+def ensure_topics(
+    config: FraudkitConfig, names: Iterable[str] | None = None, timeout_s: float = 15.0
+) -> list[str]:
+    """Create missing topics with the configured partitions and retention; return those created."""
+    wanted = list(all_topic_names(config) if names is None else names)
+    existing = list_topics(config, timeout_s)
+    missing = [name for name in dict.fromkeys(wanted) if name not in existing]
+    if not missing:
+        return []
+    topics_config = config.topics
+    new_topics = [
+        NewTopic(
+            name,
+            num_partitions=(
+                topics_config.transactions_partitions
+                if name == topics_config.transactions
+                else topics_config.partitions
+            ),
+            replication_factor=topics_config.replication_factor,
+            config={"retention.ms": str(topics_config.retention_ms)},
+        )
+        for name in missing
+    ]
+    admin = make_admin(config)  # must outlive the futures, or librdkafka cancels them
+    futures = admin.create_topics(new_topics, request_timeout=timeout_s)
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerError(f"cannot create topic {name!r}: {error.str()}") from None
+    _wait_for_topics(config, missing, timeout_s)
+    return missing
+
+
+def _wait_for_topics(config: FraudkitConfig, names: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        existing = list_topics(config, timeout_s)
+        if all(name in existing for name in names):
+            return
+        time.sleep(0.1)
+    raise BrokerError(f"topics {names} were not visible after {timeout_s:g}s")
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes,
+    key: bytes | str | None = None,
+    headers: list[tuple[str, str | bytes | None]] | None = None,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+) -> None:
+    """Produce one message; a full local queue is drained with poll() and retried, never dropped."""
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+@dataclass
+class DeliveryTracker:
+    """Counts acknowledged and failed deliveries so callers commit only after all succeed."""
+
+    delivered: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def callback(self, error: KafkaError | None, message: Message) -> None:
+        """on_delivery callback for Producer.produce."""
+        if error is None:
+            self.delivered += 1
+        else:
+            self.failed += 1
+            if len(self.errors) < 10:
+                self.errors.append(f"{message.topic()}: {error.str()}")
+
+    def check(self) -> None:
+        """Raise BrokerError if any delivery failed since the last reset."""
+        if self.failed:
+            raise BrokerError(f"{self.failed} message(s) were not delivered: {'; '.join(self.errors)}")
+
+
+def flush(producer: Producer, timeout_s: float = 30.0) -> None:
+    """Flush the producer; raise BrokerError if messages remain undelivered."""
+    remaining = producer.flush(timeout_s)
+    if remaining:
+        raise BrokerError(f"{remaining} message(s) still undelivered after {timeout_s:g}s")
+
+
+def high_watermarks(
+    config: FraudkitConfig, topic: str, timeout_s: float = 10.0
+) -> dict[int, tuple[int, int]]:
+    """Low and high offsets per partition of a topic."""
+    reader = make_reader(config)
+    try:
+        metadata = reader.list_topics(topic, timeout=timeout_s)
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            raise BrokerError(f"unknown topic {topic!r}")
+        result = {}
+        for partition in metadata.topics[topic].partitions:
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+            result[partition] = (low, high)
+        return result
+    finally:
+        reader.close()

@@ -1,0 +1,223 @@
+"""Transaction, label and verdict records and their JSON wire encoding (schema version 1)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+# Amounts beyond this are treated as corrupt input rather than a very large purchase.
+MAX_AMOUNT = 10_000_000.0
+# Event times must fall between 2000-01-01 and 2100-01-01 (epoch milliseconds).
+MIN_EVENT_MS = 946_684_800_000
+MAX_EVENT_MS = 4_102_444_800_000
+
+
+class InvalidMessage(ValueError):
+    """A message that cannot be decoded or fails validation; the text names the field."""
+
+
+@dataclass(slots=True)
+class Transaction:
+    """One card payment as it travels on the transactions topic."""
+
+    transaction_id: str
+    event_time_ms: int
+    card_id: str
+    amount: float
+    customer_id: str | None = None
+    terminal_id: str | None = None
+    currency: str | None = None
+    merchant_category: str | None = None
+    country: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    produced_ms: int | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form (schema, ids, event time, production time, fields, extra)."""
+        data: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "transaction_id": self.transaction_id,
+            "event_time_ms": self.event_time_ms,
+            "produced_ms": self.produced_ms,
+            "card_id": self.card_id,
+            "customer_id": self.customer_id,
+            "terminal_id": self.terminal_id,
+            "amount": self.amount,
+            "currency": self.currency,
+            "merchant_category": self.merchant_category,
+            "country": self.country,
+            "lat": self.lat,
+            "lon": self.lon,
+        }
+        if self.extra:
+            data["extra"] = self.extra
+        return data
+
+
+@dataclass(slots=True)
+class Label:
+    """The delayed truth about one transaction (a chargeback or its absence)."""
+
+    transaction_id: str
+    event_time_ms: int
+    label: int
+    card_id: str | None = None
+    terminal_id: str | None = None
+    labelled_ms: int | None = None
+    fraud_scenario: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "transaction_id": self.transaction_id,
+            "event_time_ms": self.event_time_ms,
+            "label": self.label,
+            "card_id": self.card_id,
+            "terminal_id": self.terminal_id,
+            "labelled_ms": self.labelled_ms,
+            "fraud_scenario": self.fraud_scenario,
+        }
+
+
+def encode(record: Transaction | Label | dict[str, Any]) -> bytes:
+    """JSON bytes for a record or a plain dict."""
+    data = record if isinstance(record, dict) else record.to_dict()
+    return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _load(raw: bytes | str | None) -> dict[str, Any]:
+    if raw is None:
+        raise InvalidMessage("empty message value")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise InvalidMessage(f"schema: unsupported version {version!r} (expected {SCHEMA_VERSION})")
+    return data
+
+
+def _require_str(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if value is None or value == "":
+        raise InvalidMessage(f"{name}: missing")
+    raise InvalidMessage(f"{name}: expected a string, got {type(value).__name__}")
+
+
+def _optional_str(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise InvalidMessage(f"{name}: expected a string, got {type(value).__name__}")
+
+
+def _number(data: dict[str, Any], name: str, required: bool) -> float | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise InvalidMessage(f"{name}: missing")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidMessage(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise InvalidMessage(f"{name}: not a finite number")
+    return float(value)
+
+
+def _event_time(data: dict[str, Any]) -> int:
+    value = data.get("event_time_ms")
+    if value is None:
+        raise InvalidMessage("event_time_ms: missing")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidMessage(f"event_time_ms: expected epoch milliseconds, got {type(value).__name__}")
+    if not MIN_EVENT_MS <= value <= MAX_EVENT_MS:
+        raise InvalidMessage(f"event_time_ms: {value} is outside 2000-01-01..2100-01-01")
+    return int(value)
+
+
+def transaction_from_dict(data: dict[str, Any]) -> Transaction:
+    """Validate a decoded transaction object; InvalidMessage names the bad field."""
+    amount = _number(data, "amount", required=True)
+    assert amount is not None
+    if amount < 0:
+        raise InvalidMessage(f"amount: {amount} is negative")
+    if amount > MAX_AMOUNT:
+        raise InvalidMessage(f"amount: {amount} is absurdly large (> {MAX_AMOUNT:g})")
+    lat = _number(data, "lat", required=False)
+    lon = _number(data, "lon", required=False)
+    if lat is not None and not -90 <= lat <= 90:
+        raise InvalidMessage(f"lat: {lat} is outside [-90, 90]")
+    if lon is not None and not -180 <= lon <= 180:
+        raise InvalidMessage(f"lon: {lon} is outside [-180, 180]")
+    extra_raw = data.get("extra") or {}
+    if not isinstance(extra_raw, dict):
+        raise InvalidMessage("extra: expected an object of numbers")
+    extra: dict[str, float] = {}
+    for key, value in extra_raw.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InvalidMessage(f"extra.{key}: expected a finite number")
+        extra[key] = float(value)
+    produced = data.get("produced_ms")
+    return Transaction(
+        transaction_id=_require_str(data, "transaction_id"),
+        event_time_ms=_event_time(data),
+        card_id=_require_str(data, "card_id"),
+        amount=amount,
+        customer_id=_optional_str(data, "customer_id"),
+        terminal_id=_optional_str(data, "terminal_id"),
+        currency=_optional_str(data, "currency"),
+        merchant_category=_optional_str(data, "merchant_category"),
+        country=_optional_str(data, "country"),
+        lat=lat,
+        lon=lon,
+        produced_ms=int(produced)
+        if isinstance(produced, int | float) and not isinstance(produced, bool)
+        else None,
+        extra=extra,
+    )
+
+
+def decode_transaction(raw: bytes | str | None) -> Transaction:
+    """Decode and validate a transaction message."""
+    return transaction_from_dict(_load(raw))
+
+
+def decode_label(raw: bytes | str | None) -> Label:
+    """Decode and validate a label message."""
+    data = _load(raw)
+    label = data.get("label")
+    if label not in (0, 1) or isinstance(label, bool):
+        raise InvalidMessage(f"label: expected 0 or 1, got {label!r}")
+    labelled = data.get("labelled_ms")
+    return Label(
+        transaction_id=_require_str(data, "transaction_id"),
+        event_time_ms=_event_time(data),
+        label=int(label),
+        card_id=_optional_str(data, "card_id"),
+        terminal_id=_optional_str(data, "terminal_id"),
+        labelled_ms=int(labelled)
+        if isinstance(labelled, int | float) and not isinstance(labelled, bool)
+        else None,
+        fraud_scenario=_optional_str(data, "fraud_scenario"),
+    )
+
+
+def decode_json(raw: bytes | str | None) -> dict[str, Any]:
+    """Decode any fraudkit JSON message (verdicts, control announcements) to a dict."""
+    return _load(raw)
