@@ -7,9 +7,11 @@ from fraudkit.cli import broker as _broker  # noqa: F401
 from fraudkit.cli import configcmd as _configcmd  # noqa: F401
 from fraudkit.cli import data as _data  # noqa: F401
 from fraudkit.cli import demo as _demo  # noqa: F401
+from fraudkit.cli import detect as _detect  # noqa: F401
+from fraudkit.cli import generate as _generate  # noqa: F401
 from fraudkit.cli import models as _models  # noqa: F401
 from fraudkit.cli import sinkcmd as _sinkcmd  # noqa: F401
-from fraudkit.cli import stream as _stream  # noqa: F401
+from fraudkit.cli import tail as _tail  # noqa: F401
 from fraudkit.cli.app import app
 
 __all__ = ["app", "main"]
