@@ -68,3 +68,27 @@ def spark() -> Any:
     session = spark_session(SparkConfig(master="local[2]", driver_memory="2g", shuffle_partitions=4))
     yield session
     session.stop()
+
+
+POSTGRES_URL_ENV = "FRAUDKIT_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """URL of the test PostgreSQL ($FRAUDKIT_TEST_POSTGRES_URL); fails under CI=true if unreachable."""
+    import os
+
+    import psycopg
+
+    url = os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        from fraudkit.config import mask_url
+
+        message = f"PostgreSQL at {mask_url(url)} is unreachable ({exc}); set {POSTGRES_URL_ENV}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url

@@ -77,17 +77,18 @@ class SparkConfig(Section):
 
 
 class ScenarioRates(Section):
-    """Per-scenario fraud rates of the simulator."""
+    """Per-scenario fraud rates of the simulator (`*_per_day` scale with the world: per 1,000
+    terminals for terminals, per 1,000 customers otherwise)."""
 
     large_amount: float = Field(0.0006, ge=0, le=1)
-    compromised_terminals_per_day: float = Field(0.04, ge=0)
+    compromised_terminals_per_day: float = Field(0.09, ge=0)
     terminal_compromise_days: int = Field(21, gt=0)
     terminal_fraud_fraction: float = Field(0.5, ge=0, le=1)
-    compromised_cards_per_day: float = Field(0.6, ge=0)
+    compromised_cards_per_day: float = Field(0.2, ge=0)
     card_compromise_days: int = Field(14, gt=0)
-    card_fraud_fraction: float = Field(0.33, ge=0, le=1)
-    card_testing_bursts_per_day: float = Field(0.3, ge=0)
-    impossible_travel_per_day: float = Field(0.6, ge=0)
+    card_fraud_fraction: float = Field(0.33, ge=0, lt=1)
+    card_testing_bursts_per_day: float = Field(0.09, ge=0)
+    impossible_travel_per_day: float = Field(0.4, ge=0)
 
 
 class SimulateConfig(Section):
@@ -100,6 +101,8 @@ class SimulateConfig(Section):
     seed: int = 42
     format: Literal["parquet", "csv"] = "parquet"
     out: Path = Path("data/transactions.parquet")
+    daily_transactions: float = Field(1.6, gt=0)
+    trips_per_day: float = Field(2.0, ge=0)
     scenarios: ScenarioRates = Field(default_factory=ScenarioRates)
 
 
@@ -125,6 +128,7 @@ class FeaturesConfig(Section):
     label_delay_days: float = Field(7.0, ge=0)
     card_windows_hours: list[float] = Field(default_factory=lambda: [1.0, 24.0, 168.0, 720.0])
     terminal_windows_days: list[float] = Field(default_factory=lambda: [1.0, 7.0, 30.0])
+    relative_amount_window_hours: float = Field(168.0, gt=0)
 
     @field_validator("card_windows_hours", "terminal_windows_days")
     @classmethod
@@ -156,6 +160,8 @@ class TrainConfig(Section):
     train_from: str | None = None
     train_to: str | None = None
     valid_days: float = Field(14.0, gt=0)
+    pos_weight: float | None = Field(None, gt=0)
+    threads: int = Field(1, gt=0)
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
 
 
@@ -186,6 +192,9 @@ class GenerateConfig(Section):
     label_fraction: float = Field(1.0, ge=0, le=1)
     read_verdicts: bool = True
     verdict_group_id: str = "fraudkit-generate-client"
+    verdict_wait_s: float = Field(5.0, ge=0)
+    flush_labels: bool = False
+    max_pending: int = Field(500_000, gt=0)
 
 
 class DetectConfig(Section):
@@ -201,6 +210,8 @@ class DetectConfig(Section):
     max_card_state: int = Field(2_000_000, gt=0)
     amount_rule_threshold: float = Field(900.0, gt=0)
     quiet: bool = False
+    recent_verdicts: int = Field(200_000, gt=0)
+    quality_window: int = Field(5000, gt=0)
 
 
 class RetrainConfig(Section):
@@ -217,6 +228,9 @@ class RetrainConfig(Section):
     buffer_path: Path = Path(".fraudkit/labels")
     buffer_max_rows: int = Field(500_000, gt=0)
     epochs: int = Field(5, gt=0)
+    pending_rows: int = Field(200_000, gt=0)
+    worker_threads: int = Field(1, gt=0)
+    job_timeout_s: float = Field(1800.0, gt=0)
 
 
 class SinkConfig(Section):
@@ -226,6 +240,18 @@ class SinkConfig(Section):
     group_id: str = "fraudkit-sink"
     batch_size: int = Field(5000, gt=0)
     retry_max_s: float = Field(30.0, gt=0)
+    table: str = "fraud_predictions"
+    labels_table: str = "fraud_labels"
+    labels: bool = True
+    poll_timeout_s: float = Field(0.5, gt=0)
+
+
+class ReportConfig(Section):
+    """`fraudkit report`: the terminal/HTML report over the sink's database."""
+
+    bucket: Literal["auto", "hour", "day"] = "auto"
+    top: int = Field(10, gt=0)
+    refresh_s: float = Field(2.0, gt=0)
 
 
 class DemoConfig(Section):
@@ -255,6 +281,7 @@ class FraudkitConfig(Section):
     detect: DetectConfig = Field(default_factory=DetectConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     sink: SinkConfig = Field(default_factory=SinkConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
 
 

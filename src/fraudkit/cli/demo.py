@@ -1,5 +1,67 @@
-"""Commands of this group are registered here (see docs/architecture.md)."""
+"""`fraudkit demo`: the whole pipeline on the embedded broker, in one terminal."""
 
 from __future__ import annotations
 
-from fraudkit.cli.app import app  # noqa: F401
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fraudkit.cli.app import ConfigOption, SetOption, app, console, err_console, load, stdout_is_terminal
+
+# Without a terminal (CI, pipes) the dashboard becomes one progress line this often.
+LOG_EVERY_S = 10.0
+
+
+@app.command("demo")
+def demo(
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", help="Seconds of streaming after the first model is trained."),
+    ] = None,
+    rate: Annotated[float | None, typer.Option("--rate", help="Transactions per second.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the simulated world.")] = None,
+    workdir: Annotated[Path | None, typer.Option("--workdir", help="Where data and models go.")] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object.")
+    ] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Simulate, split, train, then generate and detect side by side with live retraining."""
+    from fraudkit.demo import DemoState, run_demo
+    from fraudkit.demo_view import dashboard, summary_table
+    from fraudkit.signals import stop_on_signals
+
+    cfg = load(
+        config, set_, demo__duration_s=duration, demo__rate=rate, demo__seed=seed, demo__workdir=workdir
+    )
+    with stop_on_signals() as stop:
+        if stdout_is_terminal() and not json_output:
+            from rich.live import Live
+
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                summary = run_demo(cfg, stop_event=stop, on_update=lambda s: live.update(dashboard(s)))
+        else:
+            last_time = [0.0]
+            last_stage = [""]
+
+            def progress(state: DemoState) -> None:
+                now = time.monotonic()
+                if state.stage != last_stage[0] or now - last_time[0] >= LOG_EVERY_S:
+                    last_time[0], last_stage[0] = now, state.stage
+                    line = state.stage
+                    if state.client is not None:
+                        line += f" | sent {state.client.sent:,}, verdicts {state.client.verdicts:,}"
+                    if state.retrain_events:
+                        line += f" | retrains: {', '.join(e.get('type', '') for e in state.retrain_events)}"
+                    err_console.print(line, markup=False, highlight=False)
+
+            summary = run_demo(cfg, stop_event=stop, on_update=progress)
+    if json_output:
+        import orjson
+
+        typer.echo(orjson.dumps(summary.to_dict()).decode())
+    else:
+        console.print(summary_table(summary))

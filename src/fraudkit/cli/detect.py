@@ -1,5 +1,150 @@
-"""Commands of this group are registered here (see docs/architecture.md)."""
+"""`fraudkit detect`: the scoring loop with a live panel, quiet log lines or a JSON summary."""
 
 from __future__ import annotations
 
-from fraudkit.cli.app import app  # noqa: F401
+import functools
+import time
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from fraudkit.cli.app import ConfigOption, SetOption, app, console, err_console, load, stdout_is_terminal
+
+if TYPE_CHECKING:
+    from fraudkit.detect import DetectSummary
+    from fraudkit.detect_status import DetectStatus
+
+# Quiet mode (containers, pipes): one status line this often.
+LOG_EVERY_S = 5.0
+
+
+@app.command("detect")
+def detect(
+    model: Annotated[
+        str | None, typer.Option("--model", help="current, a version such as v3, or rules.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="Stop after this many seconds.")
+    ] = None,
+    max_transactions: Annotated[
+        int | None, typer.Option("--max-transactions", help="Stop after consuming this many messages.")
+    ] = None,
+    until_idle: Annotated[
+        float | None,
+        typer.Option("--until-idle", help="Stop after this many seconds without a new transaction."),
+    ] = None,
+    exactly_once: Annotated[
+        bool | None,
+        typer.Option(
+            "--exactly-once/--at-least-once",
+            help="Kafka transactions (read-process-write) instead of commit-after-delivery.",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Messages consumed and scored together.")
+    ] = None,
+    group_id: Annotated[
+        str | None, typer.Option("--group-id", help="Consumer group of the detectors.")
+    ] = None,
+    instance_id: Annotated[
+        str | None,
+        typer.Option(
+            "--instance-id",
+            help="This detector's name in verdicts and its transactional id (default: hostname-pid).",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No live panel: one log line every few seconds.")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the final summary as one JSON object.")
+    ] = False,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            "--role",
+            help="Live retraining role: all (retrain if no other detector does), scorer (only swap) "
+            "or trainer (the one that retrains). See docs/retraining.md.",
+        ),
+    ] = None,
+    retrain: Annotated[
+        bool | None,
+        typer.Option("--retrain/--no-retrain", help="Live retraining on or off.", show_default=False),
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Score transactions as they arrive: verdicts, fraud/legit branches, dead letters."""
+    from fraudkit.detect import run_detect
+    from fraudkit.detect_status import format_log_line, render_panel
+    from fraudkit.retrain import retrain_extensions
+    from fraudkit.signals import stop_on_signals
+
+    cfg = load(
+        config,
+        set_,
+        detect__model=model,
+        detect__exactly_once=exactly_once,
+        detect__batch_size=batch_size,
+        detect__group_id=group_id,
+        detect__quiet=True if quiet else None,
+        retrain__role=role,
+        retrain__enabled=retrain,
+    )
+
+    def log(message: str) -> None:
+        err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    live_panel = stdout_is_terminal() and not json_output and not cfg.detect.quiet
+    with stop_on_signals() as stop:
+        run = functools.partial(
+            run_detect,
+            cfg,
+            duration_s=duration,
+            max_transactions=max_transactions,
+            until_idle_s=until_idle,
+            instance_id=instance_id,
+            stop_event=stop,
+            on_log=log,
+            extensions=retrain_extensions(cfg),
+        )
+        if live_panel:
+            from rich.live import Live
+
+            with Live(console=console, refresh_per_second=4, transient=False) as live:
+                summary = run(on_status=lambda status: live.update(render_panel(status)))
+        else:
+            last_line = [time.monotonic()]
+
+            def log_status(status: DetectStatus) -> None:
+                now = time.monotonic()
+                if now - last_line[0] >= LOG_EVERY_S:
+                    last_line[0] = now
+                    log(format_log_line(status))
+
+            summary = run(on_status=log_status)
+    if json_output:
+        import orjson
+
+        typer.echo(orjson.dumps(summary.to_dict()).decode())
+    else:
+        _print_summary(summary)
+
+
+def _print_summary(summary: DetectSummary) -> None:
+    latency = summary.latency_ms
+
+    def ms(name: str) -> str:
+        value = latency.get(name)
+        return "-" if value is None else f"{value:g} ms"
+
+    console.print(
+        f"detector {summary.detector}: {summary.consumed:,} consumed, {summary.verdicts:,} verdicts "
+        f"({summary.fraud:,} fraud), {summary.dead_letters:,} dead letters, "
+        f"{summary.throughput_per_s:,.0f} tx/s; latency p50 {ms('p50')}, p95 {ms('p95')}, p99 {ms('p99')}; "
+        f"model {summary.model_version}, {summary.retrains} retrains; stopped: {summary.stopped_because}",
+        highlight=False,
+    )
+    if summary.last_retrain and summary.last_retrain.get("summary"):
+        console.print(f"last retraining: {summary.last_retrain['summary']}", highlight=False, markup=False)

@@ -1,5 +1,114 @@
-"""Commands of this group are registered here (see docs/architecture.md)."""
+"""`fraudkit generate`: transactions at a set rate, delayed labels, verdicts read back."""
 
 from __future__ import annotations
 
-from fraudkit.cli.app import app  # noqa: F401
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from fraudkit.cli.app import ConfigOption, SetOption, app, console, load, stdout_is_terminal
+from fraudkit.errors import ConfigError
+
+
+@app.command("generate")
+def generate(
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="simulator (endless, seeded) or replay (a dataset file)."),
+    ] = None,
+    replay: Annotated[
+        Path | None,
+        typer.Option("--replay", help="Replay this dataset file in event order (implies --source replay)."),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", help="Column mapping of the replay file (default: data.dataset)."),
+    ] = None,
+    rate: Annotated[float | None, typer.Option("--rate", help="Transactions per second.")] = None,
+    max_rate: Annotated[bool, typer.Option("--max-rate", help="No rate limit: as fast as possible.")] = False,
+    speedup: Annotated[
+        float | None,
+        typer.Option("--speedup", help="Pace by event time, this many times faster than real time."),
+    ] = None,
+    count: Annotated[int | None, typer.Option("--count", help="Stop after this many transactions.")] = None,
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="Stop after this many seconds.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of the simulator and label thinning.")
+    ] = None,
+    label_delay: Annotated[
+        float | None, typer.Option("--label-delay", help="Seconds of event time before a label is published.")
+    ] = None,
+    label_fraction: Annotated[
+        float | None, typer.Option("--label-fraction", help="Share of transactions whose label is published.")
+    ] = None,
+    flush_labels: Annotated[
+        bool,
+        typer.Option("--flush-labels", help="At the end, also publish labels whose delay has not passed."),
+    ] = False,
+    no_verdicts: Annotated[bool, typer.Option("--no-verdicts", help="Do not read verdicts back.")] = False,
+    verdict_wait: Annotated[
+        float | None,
+        typer.Option("--verdict-wait", help="Seconds to wait for outstanding verdicts after producing."),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the final summary as one JSON object.")
+    ] = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Produce transactions (and their delayed labels) and show the client's view of the verdicts."""
+    from fraudkit.generate import GenerateSummary, run_generate, status_panel
+    from fraudkit.signals import stop_on_signals
+
+    if max_rate and rate is not None:
+        raise ConfigError("--rate and --max-rate exclude each other")
+    if speedup is not None and (rate is not None or max_rate):
+        raise ConfigError("--speedup paces by event time; it excludes --rate and --max-rate")
+    source_name: Literal["simulator", "replay"] | None = None
+    if source is not None:
+        if source not in ("simulator", "replay"):
+            raise ConfigError(f"--source: expected simulator or replay, got {source!r}")
+        source_name = "replay" if source == "replay" else "simulator"
+    if replay is not None:
+        if source_name == "simulator":
+            raise ConfigError("--replay needs --source replay (or no --source)")
+        source_name = "replay"
+    cfg = load(
+        config,
+        set_,
+        generate__source=source_name,
+        generate__replay_path=str(replay) if replay is not None else None,
+        data__dataset=dataset,
+        generate__rate=rate,
+        generate__speedup=speedup,
+        generate__count=count,
+        generate__duration_s=duration,
+        generate__seed=seed,
+        generate__label_delay_s=label_delay,
+        generate__label_fraction=label_fraction,
+        generate__flush_labels=True if flush_labels else None,
+        generate__read_verdicts=False if no_verdicts else None,
+        generate__verdict_wait_s=verdict_wait,
+    )
+    if max_rate:
+        cfg.generate.rate = None
+
+    live_panel = not json_output and stdout_is_terminal()
+    with stop_on_signals() as stop:
+        if live_panel:
+            from rich.live import Live
+
+            first = GenerateSummary(read_verdicts=cfg.generate.read_verdicts, target_rate=cfg.generate.rate)
+            with Live(status_panel(first), console=console, refresh_per_second=4, transient=True) as live:
+                summary = run_generate(cfg, stop, on_status=lambda status: live.update(status_panel(status)))
+        else:
+            summary = run_generate(cfg, stop)
+    if json_output:
+        import orjson
+
+        typer.echo(orjson.dumps(summary.to_dict()).decode())
+    else:
+        console.print(status_panel(summary))

@@ -1,0 +1,331 @@
+"""Throughput and latency of `fraudkit detect` against a naive one-at-a-time detector, same run.
+
+Run: .venv/bin/python benchmarks/bench_detect.py [--transactions 300000] [--naive 3000]
+     [--rate 5000] [--latency-seconds 20] [--memory-cards 50000] [--skip-latency] [--skip-memory]
+
+Starts its own embedded broker (fraudkit.broker.running_broker) and a temporary registry holding
+an MLP ([64, 32] hidden units, random weights, the full simulator feature spec, threshold at the
+99th percentile of its scores so ~1% of verdicts are fraud and get reason codes).
+
+1. Throughput: --transactions simulated transactions are pre-loaded into a 6-partition topic, then
+   one detector (run_detect, MLP, full features, at-least-once) consumes them all; throughput is
+   over its processing time.
+2. Naive: a fresh consumer group reads the same messages one at a time: poll one,
+   schema.decode_transaction, amount rule, produce one (to the fraud/legit branch), commit it.
+   Twice: with the detector's guarantee (wait for the produced message's ack, synchronous commit;
+   --naive messages) and fire-and-forget (asynchronous commit, no ack wait; 10 x --naive messages).
+   Ratio = 1 / 2, for each.
+3. Latency: the detector runs as a subprocess (`python -m fraudkit detect --json`) while this
+   process produces at --rate tx/s (produced_ms stamped at produce time) and reads the verdicts
+   back. Prints produced → verdict created (the detector's own figure) and produced → verdict
+   read back by a consumer (an upper bound of produced → delivered).
+4. Memory per active card: OnlineFeatures over a simulated stream with --memory-cards cards,
+   tracemalloc after the state is built, divided by the number of cards in state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+import uuid
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fraudkit import kafka
+from fraudkit.broker import running_broker
+from fraudkit.config import FraudkitConfig, SimulateConfig, load_config
+from fraudkit.detect import run_detect
+from fraudkit.features import FeatureSpec, OnlineFeatures, frame_to_transactions
+from fraudkit.model import LoadedModel, Normalisation, build_mlp, state_to_numpy
+from fraudkit.registry import Registry
+from fraudkit.schema import InvalidMessage, Transaction, decode_transaction, encode
+from fraudkit.simulate import simulate_dataset
+
+
+class SimulatorFields:
+    """The simulator's layout: every field the feature spec can use."""
+
+    has_card = True
+    has_terminal = True
+    has_location = True
+    has_country = True
+    passthrough: ClassVar[list[str]] = []
+
+
+def bench_config(bootstrap: str, workdir: Path, **overrides: Any) -> FraudkitConfig:
+    """An isolated config: fresh topics and groups on the benchmark's broker."""
+    suffix = uuid.uuid4().hex[:8]
+    values: dict[str, Any] = {
+        "kafka.common.bootstrap.servers": bootstrap,
+        "topics.transactions": f"bench-tx-{suffix}",
+        "topics.legit": f"bench-tx-{suffix}.legit",
+        "topics.fraud": f"bench-tx-{suffix}.fraud",
+        "topics.verdicts": f"bench-verdicts-{suffix}",
+        "topics.labels": f"bench-labels-{suffix}",
+        "topics.dead_letter": f"bench-tx-{suffix}.dead-letter",
+        "topics.control": f"bench-control-{suffix}",
+        "detect.group_id": f"bench-detect-{suffix}",
+        "detect.transactional_id": f"bench-detect-{suffix}",
+        "registry.path": str(workdir / "models"),
+        "detect.quiet": True,
+    }
+    values.update(overrides)
+    return load_config(None, values, environ={})
+
+
+def simulated_transactions(count: int, customers: int = 5000, seed: int = 42) -> list[Transaction]:
+    """At least `count` simulated transactions in event order (about 1.6 per customer per day)."""
+    days = max(1, int(count / (customers * 1.55)) + 1)
+    frame = simulate_dataset(
+        SimulateConfig(customers=customers, terminals=customers * 2, days=days, seed=seed)
+    )
+    return frame_to_transactions(frame.iloc[:count])
+
+
+def publish_mlp(config: FraudkitConfig, sample: list[Transaction]) -> str:
+    """A [64, 32] MLP with random weights, normalised on the sample, threshold at its 99th percentile.
+
+    The sample should be the stream the detector will see, so that ~1% of its verdicts are fraud.
+    """
+    import torch
+
+    torch.manual_seed(0)
+    spec = FeatureSpec.from_config(config.features, SimulatorFields())
+    features = OnlineFeatures(spec).transform(sample)
+    normalisation = Normalisation.fit(features)
+    state = state_to_numpy(build_mlp(len(spec.names), [64, 32]).state_dict())
+    candidate = LoadedModel.from_state(state, spec.names, normalisation, 0.5, [64, 32])
+    threshold = float(np.quantile(candidate.score(features), 0.99))
+    return Registry(config.registry.path).publish(
+        state,
+        feature_names=spec.names,
+        hidden_sizes=[64, 32],
+        normalisation=normalisation,
+        threshold=threshold,
+        feature_spec=spec.to_dict(),
+        trainer="bench_detect",
+    )
+
+
+def preload(config: FraudkitConfig, transactions: list[Transaction]) -> None:
+    """Produce every transaction (produced_ms = now) and wait for all acknowledgements."""
+    producer = kafka.make_producer(config)
+    topic = config.topics.transactions
+    now_ms = int(time.time() * 1000)
+    for tx in transactions:
+        tx.produced_ms = now_ms
+        kafka.produce(producer, topic, encode(tx), key=tx.card_id)
+    kafka.flush(producer, 120)
+
+
+def naive_detector(config: FraudkitConfig, count: int, guaranteed: bool) -> float:
+    """One message at a time: poll one, decode, amount rule, produce one, commit it. Returns tx/s.
+
+    guaranteed: wait for the produced message's acknowledgement, then commit synchronously (the
+    detector's at-least-once guarantee, one message at a time). Otherwise fire and forget: produce,
+    serve callbacks, asynchronous commit (faster, but a crash can lose messages).
+    """
+    mode = "guaranteed" if guaranteed else "async"
+    consumer = kafka.make_consumer(config, f"{config.detect.group_id}-naive-{mode}")
+    producer = kafka.make_producer(config)
+    consumer.subscribe([config.topics.transactions])
+    threshold = config.detect.amount_rule_threshold
+    done = 0
+    started: float | None = None
+    while done < count:
+        message = consumer.poll(1.0)
+        if message is None or message.error() is not None:
+            continue
+        if started is None:
+            started = time.perf_counter()
+        try:
+            tx = decode_transaction(message.value())
+        except InvalidMessage:
+            continue
+        topic = config.topics.fraud if tx.amount > threshold else config.topics.legit
+        kafka.produce(producer, topic, message.value(), key=message.key())
+        if guaranteed:
+            kafka.flush(producer)
+            consumer.commit(message=message, asynchronous=False)
+        else:
+            producer.poll(0)
+            consumer.commit(message=message, asynchronous=True)
+        done += 1
+    producer.flush(60)
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return done / elapsed if elapsed > 0 else 0.0
+
+
+def throughput(bootstrap: str, workdir: Path, count: int, naive_count: int) -> None:
+    config = bench_config(bootstrap, workdir)
+    print(f"simulating {count:,} transactions ...", flush=True)
+    transactions = simulated_transactions(count)
+    version = publish_mlp(config, transactions)
+    kafka.ensure_topics(config)
+    started = time.perf_counter()
+    preload(config, transactions)
+    print(
+        f"pre-loaded {len(transactions):,} in {time.perf_counter() - started:.1f}s; model {version}",
+        flush=True,
+    )
+
+    summary = run_detect(config, max_transactions=len(transactions), until_idle_s=30)
+    fast = summary.throughput_per_s
+    print(
+        f"detector (MLP {version}, full features, batches of {config.detect.batch_size}): "
+        f"{summary.consumed:,} transactions in {summary.processing_s:.2f}s = {fast:,.0f} tx/s; "
+        f"{summary.fraud:,} fraud verdicts",
+        flush=True,
+    )
+    naive = naive_detector(config, min(naive_count, len(transactions)), guaranteed=True)
+    print(
+        f"naive detector, one at a time with the same guarantee (produce, wait for the ack, commit): "
+        f"{naive:,.0f} tx/s -> ratio {fast / naive:.1f}x",
+        flush=True,
+    )
+    loose = naive_detector(config, min(naive_count * 10, len(transactions)), guaranteed=False)
+    print(
+        f"naive detector, fire and forget (produce, asynchronous commit, no delivery guarantee): "
+        f"{loose:,.0f} tx/s -> ratio {fast / loose:.1f}x",
+        flush=True,
+    )
+
+
+def latency(bootstrap: str, workdir: Path, rate: float, seconds: float) -> None:
+    config = bench_config(bootstrap, workdir)
+    warmup = simulated_transactions(int(rate * seconds) + 20_000, seed=7)
+    publish_mlp(config, warmup)
+    kafka.ensure_topics(config)
+    config_path = workdir / "latency.yaml"
+    config_path.write_text(json.dumps(config.model_dump(mode="json")))
+    env = {**os.environ, "FRAUDKIT_CONFIG": str(config_path)}
+    detector = subprocess.Popen(
+        [sys.executable, "-m", "fraudkit", "detect", "--json", "--quiet", "--until-idle", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    received: list[int] = []
+    waited: list[int] = []
+    stop_reading = threading.Event()
+
+    def read_verdicts() -> None:
+        reader = kafka.make_reader(config, **{"fetch.wait.max.ms": 5})
+        metadata = reader.list_topics(config.topics.verdicts, timeout=10)
+        partitions = sorted(metadata.topics[config.topics.verdicts].partitions)
+        reader.assign(
+            [kafka.TopicPartition(config.topics.verdicts, p, kafka.OFFSET_BEGINNING) for p in partitions]
+        )
+        while not stop_reading.is_set():
+            for message in reader.consume(1000, 0.05):
+                if message.error() is None:
+                    now_ms = time.time_ns() // 1_000_000
+                    verdict = json.loads(message.value())
+                    received.append(now_ms - verdict["produced_ms"])
+                    waited.append(verdict["consumed_ms"] - verdict["produced_ms"])
+        reader.close()
+
+    reader_thread = threading.Thread(target=read_verdicts, daemon=True)
+    reader_thread.start()
+    # Give the detector time to start, join its group and get partitions.
+    time.sleep(8)
+    producer = kafka.make_producer(config, **{"linger.ms": 1})
+    topic = config.topics.transactions
+    total = int(rate * seconds)
+    print(f"producing {total:,} transactions at {rate:,.0f}/s ...", flush=True)
+    started = time.perf_counter()
+    for index, tx in enumerate(warmup[20_000 : 20_000 + total]):
+        due = started + index / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        tx.produced_ms = time.time_ns() // 1_000_000
+        kafka.produce(producer, topic, encode(tx), key=tx.card_id)
+        producer.poll(0)
+    kafka.flush(producer, 60)
+    achieved = total / (time.perf_counter() - started)
+    out, err = detector.communicate(timeout=120)
+    stop_reading.set()
+    reader_thread.join(10)
+    if detector.returncode != 0:
+        print(f"detector failed ({detector.returncode}): {err[-2000:]}")
+        return
+    summary = json.loads(out.strip().splitlines()[-1])
+    print(f"achieved rate {achieved:,.0f} tx/s; detector consumed {summary['consumed']:,}", flush=True)
+    created = summary["latency_ms"]
+    print(
+        f"latency produced -> verdict created (detector): p50 {created['p50']} ms, "
+        f"p95 {created['p95']} ms, p99 {created['p99']} ms, max {created['max']} ms"
+    )
+    if received:
+        values = np.asarray(received)
+        p50, p95, p99 = np.percentile(values, [50, 95, 99])
+        print(
+            f"latency produced -> verdict read back ({values.size:,} verdicts): p50 {p50:.0f} ms, "
+            f"p95 {p95:.0f} ms, p99 {p99:.0f} ms, max {values.max()} ms"
+        )
+        p50, p99 = np.percentile(np.asarray(waited), [50, 99])
+        print(f"  of which produced -> consumed by the detector: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+    print("detector log:", *err.strip().splitlines()[-6:], sep="\n  ")
+
+
+def memory_per_card(cards: int) -> None:
+    transactions = simulated_transactions(cards * 6, customers=cards, seed=3)
+    spec = FeatureSpec.from_config(load_config(None, {}, environ={}).features, SimulatorFields())
+    gc.collect()
+    tracemalloc.start()
+    features = OnlineFeatures(spec)
+    before = tracemalloc.get_traced_memory()[0]
+    for start in range(0, len(transactions), 2000):
+        features.transform(transactions[start : start + 2000])
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    in_state = features.state_counts()["cards"]
+    per_card = (after - before) / max(in_state, 1)
+    print(
+        f"memory: {len(transactions):,} transactions, {in_state:,} cards in state, "
+        f"{(after - before) / 1e6:.1f} MB traced = {per_card:,.0f} bytes per active card "
+        f"(state estimate {features.memory_bytes() / max(in_state, 1):,.0f} B/card)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--transactions", type=int, default=300_000)
+    parser.add_argument("--naive", type=int, default=3_000)
+    parser.add_argument("--rate", type=float, default=5000.0)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--memory-cards", type=int, default=50_000)
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()}")
+    with tempfile.TemporaryDirectory() as tmp, running_broker() as bootstrap:
+        workdir = Path(tmp)
+        if not args.skip_throughput:
+            throughput(bootstrap, workdir, args.transactions, args.naive)
+        if not args.skip_latency:
+            latency(bootstrap, workdir, args.rate, args.latency_seconds)
+    if not args.skip_memory:
+        memory_per_card(args.memory_cards)
+    print(f"load average at the end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

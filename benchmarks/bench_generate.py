@@ -1,0 +1,113 @@
+"""Achieved vs target rate of `fraudkit generate`, and its maximum rate with no limit.
+
+Run: .venv/bin/python benchmarks/bench_generate.py [--seconds 3] [--rates 100 1000 5000 20000]
+     [--max-count 300000] [--source memory|simulator]
+
+Starts its own embedded broker (fraudkit.broker.running_broker). Each paced run lasts --seconds
+(duration-bounded, labels with the default 7-day event-time delay, verdict read-back only with
+--verdicts) and
+prints achieved/target. The unlimited run sends --max-count transactions as fast as possible.
+`memory` cycles pre-built canonical frames so only encoding and producing are measured;
+`simulator` uses fraudkit.simulate's endless stream (when that module is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+
+from fraudkit.broker import running_broker
+from fraudkit.config import FraudkitConfig, load_config
+from fraudkit.generate import run_generate
+
+START_MS = 1_767_225_600_000  # 2026-01-01
+DAY_MS = 86_400_000
+
+
+def memory_frames(rows: int = 50_000, seed: int = 1) -> Iterator[pd.DataFrame]:
+    """Pre-built days of canonical transactions, replayed with shifted ids and times forever."""
+    rng = np.random.default_rng(seed)
+    base = pd.DataFrame(
+        {
+            "event_time_ms": np.sort(rng.integers(0, DAY_MS, rows)),
+            "card_id": [f"card{c}" for c in rng.integers(0, 5000, rows)],
+            "customer_id": [f"cust{c}" for c in rng.integers(0, 5000, rows)],
+            "terminal_id": [f"term{t}" for t in rng.integers(0, 10000, rows)],
+            "amount": np.round(rng.lognormal(3.5, 1.0, rows), 2),
+            "currency": "EUR",
+            "merchant_category": "5411",
+            "country": "FR",
+            "lat": rng.uniform(40, 50, rows),
+            "lon": rng.uniform(0, 10, rows),
+            "label": (rng.random(rows) < 0.01).astype(np.int64),
+            "fraud_scenario": "",
+        }
+    )
+    for day in itertools.count():
+        frame = base.copy()
+        frame["event_time_ms"] += START_MS + day * DAY_MS
+        frame.insert(0, "transaction_id", [f"d{day}-{i}" for i in range(rows)])
+        yield frame
+
+
+def bench_config(bootstrap: str, tag: str, verdicts: bool) -> FraudkitConfig:
+    suffix = f"{tag}-{uuid.uuid4().hex[:8]}"
+    return load_config(
+        None,
+        {
+            "kafka.common.bootstrap.servers": bootstrap,
+            "topics.transactions": f"bench-tx-{suffix}",
+            "topics.labels": f"bench-labels-{suffix}",
+            "topics.verdicts": f"bench-verdicts-{suffix}",
+            "generate.read_verdicts": verdicts,
+            "generate.verdict_wait_s": 0.0,
+        },
+        environ={},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rates", type=float, nargs="+", default=[100.0, 1000.0, 5000.0, 20000.0])
+    parser.add_argument("--max-count", type=int, default=300_000)
+    parser.add_argument("--source", choices=["memory", "simulator"], default="memory")
+    parser.add_argument("--verdicts", action="store_true", help="Also run the (idle) verdict read-back.")
+    args = parser.parse_args()
+
+    with running_broker() as bootstrap:
+        print(f"embedded broker at {bootstrap}; source: {args.source}")
+        print(f"{'target/s':>10} {'achieved/s':>11} {'ratio':>7} {'sent':>9} {'seconds':>8}")
+        for rate in args.rates:
+            config = bench_config(bootstrap, f"r{int(rate)}", args.verdicts)
+            config.generate.rate = rate
+            config.generate.duration_s = args.seconds
+            source = memory_frames() if args.source == "memory" else None
+            summary = run_generate(config, source=source)
+            print(
+                f"{rate:>10,.0f} {summary.rate_per_s:>11,.0f} {summary.rate_per_s / rate:>7.3f} "
+                f"{summary.sent:>9,} {summary.producing_s:>8.2f}"
+            )
+        config = bench_config(bootstrap, "max", args.verdicts)
+        config.generate.rate = None
+        config.generate.count = args.max_count
+        source = memory_frames() if args.source == "memory" else None
+        started = time.monotonic()
+        summary = run_generate(config, source=source)
+        total = time.monotonic() - started
+        print(
+            f"{'no limit':>10} {summary.rate_per_s:>11,.0f} {'':>7} {summary.sent:>9,} "
+            f"{summary.producing_s:>8.2f}  (incl. start-up and final flush: {summary.sent / total:,.0f}/s)"
+        )
+
+
+if __name__ == "__main__":
+    main()

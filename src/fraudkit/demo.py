@@ -1,0 +1,340 @@
+"""`fraudkit demo`: simulate, split, train, then generate and detect side by side with live retraining."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fraudkit.config import FraudkitConfig
+from fraudkit.errors import BrokerError, FraudkitError
+
+if TYPE_CHECKING:
+    import pandas
+
+    from fraudkit.detect import DetectSummary
+    from fraudkit.detect_status import DetectStatus
+    from fraudkit.generate import GenerateSummary
+
+# The demo world: big enough for a model to learn card/terminal behaviour, small enough to train
+# in about a minute on two cores.
+DEMO_CUSTOMERS = 2000
+DEMO_TERMINALS = 4000
+DEMO_DAYS = 45
+HISTORY_FRACTION = 0.8
+RECENT_FRAUDS = 8
+StageCallback = Callable[[str], None]
+
+
+@dataclass
+class DemoState:
+    """What the dashboard shows; written by the worker threads, read by the renderer."""
+
+    stage: str = "starting"
+    stages: list[tuple[str, float]] = field(default_factory=list)
+    client: GenerateSummary | None = None
+    detector: DetectStatus | None = None
+    recent_frauds: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_FRAUDS))
+    retrain_events: list[dict[str, Any]] = field(default_factory=list)
+    bootstrap: str = ""
+    broker_started: bool = False
+    first_model: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DemoSummary:
+    """The closing figures of a demo run."""
+
+    transactions: int
+    frauds_sent: int
+    caught: int
+    missed: int
+    false_alarms: int
+    precision: float | None
+    recall: float | None
+    latency_ms: dict[str, float | None]
+    models_trained: int
+    retrains: list[dict[str, Any]]
+    model_versions: list[str]
+    detector_throughput_per_s: float
+    bootstrap: str
+    duration_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for --json."""
+        return dict(self.__dict__)
+
+
+@contextlib.contextmanager
+def _broker(config: FraudkitConfig, state: DemoState, stage: StageCallback) -> Iterator[FraudkitConfig]:
+    """Use the configured Kafka if it answers, else run the embedded broker for the demo's lifetime."""
+    from fraudkit.broker import free_port, port_in_use, running_broker
+    from fraudkit.kafka import wait_for_broker
+
+    with contextlib.suppress(BrokerError):
+        wait_for_broker(config, timeout_s=1.5)
+        state.bootstrap = config.kafka.bootstrap_servers
+        # Someone else's broker may hold earlier runs: fresh topic names keep this run's numbers clean.
+        yield _fresh_topics(config)
+        return
+    port = config.broker.port if not port_in_use(config.broker.port) else free_port()
+    stage(f"starting the embedded broker on 127.0.0.1:{port}")
+    with running_broker(port, config.broker.start_timeout_s) as bootstrap:
+        state.bootstrap = bootstrap
+        state.broker_started = True
+        common = {**config.kafka.common, "bootstrap.servers": bootstrap}
+        yield config.model_copy(update={"kafka": config.kafka.model_copy(update={"common": common})})
+
+
+def _fresh_topics(config: FraudkitConfig) -> FraudkitConfig:
+    suffix = uuid.uuid4().hex[:6]
+    names = {
+        name: f"demo-{suffix}.{getattr(config.topics, name)}"
+        for name in ("transactions", "legit", "fraud", "verdicts", "labels", "dead_letter", "control")
+    }
+    return config.model_copy(update={"topics": config.topics.model_copy(update=names)})
+
+
+def demo_config(config: FraudkitConfig, workdir: Path, seed: int, rate: float) -> FraudkitConfig:
+    """The demo's settings: everything under workdir, a small world, labels and retraining sized to show."""
+    from fraudkit.config import load_config
+
+    data = config.model_dump(mode="json")
+    data["simulate"].update(
+        customers=DEMO_CUSTOMERS,
+        terminals=DEMO_TERMINALS,
+        days=DEMO_DAYS,
+        seed=seed,
+        out=str(workdir / "transactions.parquet"),
+    )
+    data["data"].update(
+        dataset="fraudkit",
+        path=str(workdir / "transactions.parquet"),
+        history_path=str(workdir / "history.parquet"),
+        stream_path=str(workdir / "stream.parquet"),
+    )
+    data["registry"]["path"] = str(workdir / "models")
+    data["train"].update(epochs=min(config.train.epochs, 8), valid_days=7.0)
+    data["generate"].update(
+        rate=rate, seed=seed, read_verdicts=True, speedup=None, count=None, duration_s=None
+    )
+    data["retrain"].update(
+        enabled=True,
+        role="all",
+        buffer_path=str(workdir / "labels"),
+        every_labels=min(config.retrain.every_labels, int(rate * 15)),
+    )
+    overrides = {f"{section}": value for section, value in data.items()}
+    return load_config(None, _flatten(overrides), environ={})
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path not in (
+            "kafka.common",
+            "kafka.producer",
+            "kafka.consumer",
+            "spark.conf",
+        ):
+            flat.update(_flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def prepare(config: FraudkitConfig, stage: StageCallback) -> tuple[str, int]:
+    """Simulate, split and train the first model; returns (model version, last event time of the data)."""
+    from fraudkit.simulate import simulate_to_file
+    from fraudkit.spark import spark_session
+    from fraudkit.split import split_dataset
+    from fraudkit.train import train_from_dataset
+
+    stage(f"simulating {config.simulate.customers:,} customers over {config.simulate.days} days")
+    simulated = simulate_to_file(config.simulate)
+    stage(f"simulated {simulated.rows:,} transactions; starting Spark")
+    spark = spark_session(config.spark, app_name="fraudkit-demo")
+    try:
+        stage("splitting by event time into history and stream (Spark)")
+        split_dataset(
+            spark,
+            config,
+            config.data.path,
+            "fraudkit",
+            train_fraction=HISTORY_FRACTION,
+            history_out=config.data.history_path,
+            stream_out=config.data.stream_path,
+        )
+        stage("training the first model on the history (Spark features, PyTorch MLP)")
+        trained = train_from_dataset(config, config.data.history_path, "fraudkit", spark, stage=stage)
+    finally:
+        spark.stop()
+    return trained.version, simulated.end_ms
+
+
+def replay_then_simulate(config: FraudkitConfig, after_ms: int) -> Iterator[pandas.DataFrame]:
+    """The held-out stream part first, then the same simulated world carrying on, day after day."""
+    from fraudkit.datasets import load_frame, load_mapping
+    from fraudkit.simulate import stream_transactions
+
+    frame = load_frame(config.data.stream_path, load_mapping("fraudkit"))
+    for start in range(0, len(frame), 20_000):
+        yield frame.iloc[start : start + 20_000]
+    day_ms = 86_400_000
+    yield from stream_transactions(config.simulate, start_ms=(after_ms // day_ms + 1) * day_ms)
+
+
+class _FraudVerdictReader(threading.Thread):
+    """Keeps the latest fraud verdicts (with reasons) for the dashboard, reading from the topic end."""
+
+    def __init__(self, config: FraudkitConfig, state: DemoState, stop: threading.Event) -> None:
+        super().__init__(name="demo-verdicts", daemon=True)
+        self.config = config
+        self.state = state
+        self.stop = stop
+
+    def run(self) -> None:
+        from fraudkit.kafka import make_reader
+        from fraudkit.schema import InvalidMessage, decode_json
+
+        reader = make_reader(self.config)
+        try:
+            reader.subscribe([self.config.topics.verdicts])
+            while not self.stop.is_set():
+                for message in reader.consume(500, 0.2):
+                    if message.error() is not None:
+                        continue
+                    try:
+                        verdict = decode_json(message.value())
+                    except InvalidMessage:
+                        continue
+                    if verdict.get("decision") == "fraud":
+                        self.state.recent_frauds.appendleft(verdict)
+        finally:
+            reader.close()
+
+
+def run_demo(
+    config: FraudkitConfig,
+    *,
+    stop_event: threading.Event | None = None,
+    on_update: Callable[[DemoState], None] | None = None,
+) -> DemoSummary:
+    """Run the whole pipeline on one machine (settings from config.demo) and return the closing figures."""
+    from fraudkit.detect import run_detect
+    from fraudkit.generate import run_generate
+
+    stop = stop_event or threading.Event()
+    state = DemoState()
+    started = time.monotonic()
+
+    def stage(text: str) -> None:
+        state.stage = text
+        state.stages.append((text, time.monotonic() - started))
+        if on_update is not None:
+            on_update(state)
+
+    duration_s, rate, seed = config.demo.duration_s, config.demo.rate, config.demo.seed
+    workdir = Path(config.demo.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_dir = workdir / time.strftime("run-%Y%m%d-%H%M%S")
+    settings = demo_config(config, run_dir, seed, rate)
+    with _broker(settings, state, stage) as settings:
+        state.first_model, last_event_ms = prepare(settings, stage)
+        if stop.is_set():
+            raise FraudkitError("demo interrupted before streaming started")
+        stage(f"streaming at {rate:,.0f} transactions/s for {duration_s:g}s with live retraining")
+        extensions = _retrain_extensions(settings, state)
+        detect_result: dict[str, DetectSummary] = {}
+        failures: list[BaseException] = []
+        generator_done = threading.Event()
+
+        def on_detect_status(status: DetectStatus) -> None:
+            state.detector = status
+            if on_update is not None:
+                on_update(state)
+
+        def detect_worker() -> None:
+            try:
+                detect_result["summary"] = run_detect(
+                    settings, stop_event=detector_stop, on_status=on_detect_status, extensions=extensions
+                )
+            except BaseException as exc:
+                failures.append(exc)
+                stop.set()
+
+        def on_client_status(summary: GenerateSummary) -> None:
+            state.client = summary
+
+        detector_stop = threading.Event()
+        detector = threading.Thread(target=detect_worker, name="demo-detect", daemon=True)
+        detector.start()
+        verdicts = _FraudVerdictReader(settings, state, detector_stop)
+        verdicts.start()
+        generator_stop = threading.Event()
+        timer = threading.Timer(duration_s, generator_stop.set)
+        timer.daemon = True
+        timer.start()
+
+        def forward_stop() -> None:
+            stop.wait()
+            generator_stop.set()
+
+        watcher = threading.Thread(target=forward_stop, name="demo-stop", daemon=True)
+        watcher.start()
+        try:
+            client = run_generate(
+                settings,
+                stop_event=generator_stop,
+                on_status=on_client_status,
+                source=replay_then_simulate(settings, last_event_ms),
+            )
+            state.client = client
+        finally:
+            generator_done.set()
+            timer.cancel()
+            detector_stop.set()
+            detector.join(60)
+            verdicts.join(5)
+            stop.set()
+        if failures:
+            raise failures[0]
+    detect_summary = detect_result.get("summary")
+    return _summary(state, detect_summary, time.monotonic() - started)
+
+
+def _retrain_extensions(config: FraudkitConfig, state: DemoState) -> list[Any]:
+    from fraudkit.retrain import retrain_extensions
+
+    return list(retrain_extensions(config, on_outcome=state.retrain_events.append))
+
+
+def _summary(state: DemoState, detector: DetectSummary | None, elapsed_s: float) -> DemoSummary:
+    client = state.client
+    confusion = client.confusion if client is not None else {}
+    tp, fp, fn = confusion.get("tp", 0), confusion.get("fp", 0), confusion.get("fn", 0)
+    promoted = [event for event in state.retrain_events if event.get("type") == "model_published"]
+    return DemoSummary(
+        transactions=client.sent if client is not None else 0,
+        frauds_sent=client.frauds_sent if client is not None else 0,
+        caught=tp,
+        missed=fn,
+        false_alarms=fp,
+        precision=tp / (tp + fp) if tp + fp else None,
+        recall=tp / (tp + fn) if tp + fn else None,
+        latency_ms=dict(client.latency_ms) if client is not None else {},
+        models_trained=1 + len(state.retrain_events),
+        retrains=list(state.retrain_events),
+        model_versions=[state.first_model, *(event.get("version", "") for event in promoted)],
+        detector_throughput_per_s=round(detector.throughput_per_s, 1) if detector else 0.0,
+        bootstrap=state.bootstrap,
+        duration_s=round(elapsed_s, 1),
+    )

@@ -1,0 +1,286 @@
+"""What the detector reports while it runs: latency histograms, live label quality, status panel."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fraudkit.metrics import average_precision
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+# Latencies are whole milliseconds (both ends are epoch ms); anything slower lands in the last bin.
+MAX_LATENCY_MS = 60_000
+
+
+class LatencyHistogram:
+    """Exact percentiles of integer millisecond latencies in constant memory (one bin per ms)."""
+
+    def __init__(self, max_ms: int = MAX_LATENCY_MS) -> None:
+        self.max_ms = max_ms
+        self.counts = np.zeros(max_ms + 1, dtype=np.int64)
+        self.total = 0
+
+    def add(self, latencies_ms: Sequence[int] | np.ndarray) -> None:
+        """Count a batch of latencies (negative ones, from clock skew, count as 0)."""
+        values = np.asarray(latencies_ms, dtype=np.int64)
+        if values.size == 0:
+            return
+        np.clip(values, 0, self.max_ms, out=values)
+        # bincount over the batch's range only: cheap for the narrow spread of one batch.
+        low = int(values.min())
+        binned = np.bincount(values - low)
+        self.counts[low : low + binned.size] += binned
+        self.total += int(values.size)
+
+    def merge(self, other: LatencyHistogram) -> None:
+        """Add another histogram's counts."""
+        self.counts += other.counts
+        self.total += other.total
+
+    def reset(self) -> None:
+        """Forget everything (used for the panel's recent window)."""
+        self.counts[:] = 0
+        self.total = 0
+
+    def percentile(self, q: float) -> float | None:
+        """The q-th percentile (0-100) in ms: the smallest latency with at least q% at or below it."""
+        if self.total == 0:
+            return None
+        rank = max(1, math.ceil(self.total * q / 100.0))
+        return float(np.searchsorted(np.cumsum(self.counts), rank))
+
+    def summary(self) -> dict[str, float | None]:
+        """p50, p95, p99 and max in ms (None without data)."""
+        if self.total == 0:
+            return {"p50": None, "p95": None, "p99": None, "max": None}
+        cumulative = np.cumsum(self.counts)
+        result: dict[str, float | None] = {}
+        for name, q in (("p50", 50.0), ("p95", 95.0), ("p99", 99.0)):
+            rank = max(1, math.ceil(self.total * q / 100.0))
+            result[name] = float(np.searchsorted(cumulative, rank))
+        result["max"] = float(np.flatnonzero(self.counts)[-1])
+        return result
+
+
+@dataclass
+class QualityFigures:
+    """Live precision/recall/average precision of one model version over its recent labelled verdicts."""
+
+    labelled: int
+    frauds: int
+    flagged: int
+    precision: float | None
+    recall: float | None
+    average_precision: float | None
+
+
+class LiveQuality:
+    """Matches arriving labels to recent verdict scores and keeps a sliding window per model version.
+
+    Verdicts are remembered in two generations of `capacity / 2` each, so lookups and evictions are
+    O(1) and memory is bounded; a label whose verdict was forgotten (or scored elsewhere) is ignored.
+    """
+
+    def __init__(self, capacity: int = 200_000, window: int = 5000) -> None:
+        self.capacity = max(2, capacity)
+        self.window = max(1, window)
+        self._current: dict[str, tuple[float, bool, str]] = {}
+        self._previous: dict[str, tuple[float, bool, str]] = {}
+        self._windows: dict[str, deque[tuple[float, bool, int]]] = {}
+        self.matched = 0
+        self.unmatched = 0
+
+    def remember(
+        self, transaction_ids: Sequence[str], scores: Sequence[float], frauds: Sequence[bool], version: str
+    ) -> None:
+        """Keep a batch's scores and decisions until their labels arrive."""
+        current = self._current
+        current.update(
+            zip(transaction_ids, zip(scores, frauds, [version] * len(scores), strict=True), strict=True)
+        )
+        if len(current) >= self.capacity // 2:
+            self._previous = current
+            self._current = {}
+
+    def observe(self, transaction_id: str, label: int) -> bool:
+        """Match one label; True if its verdict was known."""
+        entry = self._current.pop(transaction_id, None)
+        if entry is None:
+            entry = self._previous.pop(transaction_id, None)
+        if entry is None:
+            self.unmatched += 1
+            return False
+        score, fraud, version = entry
+        window = self._windows.get(version)
+        if window is None:
+            window = self._windows[version] = deque(maxlen=self.window)
+        window.append((score, fraud, 1 if label else 0))
+        self.matched += 1
+        return True
+
+    def observe_many(self, labels: Iterable[tuple[str, int]]) -> int:
+        """Match many (transaction_id, label) pairs; returns how many matched."""
+        return sum(self.observe(transaction_id, label) for transaction_id, label in labels)
+
+    def figures(self) -> dict[str, QualityFigures]:
+        """Figures per model version, over each version's window."""
+        result = {}
+        for version, window in self._windows.items():
+            if not window:
+                continue
+            scores = np.fromiter((s for s, _, _ in window), dtype=np.float64, count=len(window))
+            flagged = np.fromiter((f for _, f, _ in window), dtype=bool, count=len(window))
+            truth = np.fromiter((y for _, _, y in window), dtype=np.int64, count=len(window))
+            frauds = int(truth.sum())
+            flagged_count = int(flagged.sum())
+            caught = int((flagged & (truth == 1)).sum())
+            ap = average_precision(truth, scores) if frauds else math.nan
+            result[version] = QualityFigures(
+                labelled=len(window),
+                frauds=frauds,
+                flagged=flagged_count,
+                precision=caught / flagged_count if flagged_count else None,
+                recall=caught / frauds if frauds else None,
+                average_precision=None if math.isnan(ap) else ap,
+            )
+        return result
+
+    @property
+    def remembered(self) -> int:
+        """Verdicts currently waiting for a label."""
+        return len(self._current) + len(self._previous)
+
+
+@dataclass
+class DetectStatus:
+    """A snapshot of a running detector, for the live panel, quiet log lines and embedders."""
+
+    detector: str
+    elapsed_s: float
+    consumed: int
+    verdicts: int
+    fraud: int
+    dead_letters: int
+    rate_per_s: float
+    lag: int | None
+    batch_ms: float | None
+    latency_ms: dict[str, float | None]
+    model_version: str
+    model_swaps: int
+    retrains: int
+    labels: int
+    quality: dict[str, QualityFigures]
+    partitions: list[int]
+    cards: int
+    exactly_once: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fraud_rate(self) -> float:
+        """Share of verdicts that were fraud decisions."""
+        return self.fraud / self.verdicts if self.verdicts else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (e.g. for JSON logs)."""
+        data = asdict(self)
+        data["fraud_rate"] = self.fraud_rate
+        return data
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def format_log_line(status: DetectStatus) -> str:
+    """One line for --quiet / container logs."""
+    latency = status.latency_ms
+    quality = status.quality.get(status.model_version)
+    quality_text = (
+        f" precision={_ratio(quality.precision)} recall={_ratio(quality.recall)} "
+        f"ap={_ratio(quality.average_precision)} labelled={quality.labelled}"
+        if quality
+        else ""
+    )
+    return (
+        f"detect {status.detector}: consumed={status.consumed} rate={status.rate_per_s:,.0f}/s "
+        f"lag={'-' if status.lag is None else status.lag} fraud={status.fraud} "
+        f"({status.fraud_rate:.2%}) dead_letters={status.dead_letters} "
+        f"p99={_number(latency.get('p99'), 0)}ms model={status.model_version} "
+        f"retrains={status.retrains}{quality_text}"
+    )
+
+
+def render_panel(status: DetectStatus) -> RenderableType:
+    """The live rich panel of `fraudkit detect`."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+
+    overview = Table.grid(padding=(0, 2))
+    overview.add_column(style="bold")
+    overview.add_column(justify="right")
+    overview.add_column(style="bold")
+    overview.add_column(justify="right")
+    latency = status.latency_ms
+    overview.add_row("consumed", f"{status.consumed:,}", "rate", f"{status.rate_per_s:,.0f} tx/s")
+    overview.add_row(
+        "verdicts", f"{status.verdicts:,}", "lag", "-" if status.lag is None else f"{status.lag:,}"
+    )
+    overview.add_row(
+        "fraud",
+        f"{status.fraud:,} ({status.fraud_rate:.2%})",
+        "batch",
+        f"{_number(status.batch_ms)} ms",
+    )
+    overview.add_row(
+        "dead letters",
+        f"{status.dead_letters:,}",
+        "latency p50/p99",
+        f"{_number(latency.get('p50'), 0)} / {_number(latency.get('p99'), 0)} ms",
+    )
+    overview.add_row(
+        "model",
+        status.model_version,
+        "swaps / retrains",
+        f"{status.model_swaps} / {status.retrains}",
+    )
+    overview.add_row(
+        "partitions",
+        ",".join(str(p) for p in status.partitions) or "-",
+        "cards in state",
+        f"{status.cards:,}",
+    )
+    quality = Table(title="live quality from labels (sliding window)", expand=False, title_justify="left")
+    for column in ("model", "labelled", "frauds", "flagged", "precision", "recall", "avg precision"):
+        quality.add_column(column, justify="right" if column != "model" else "left")
+    for version, figures in status.quality.items():
+        quality.add_row(
+            version,
+            f"{figures.labelled:,}",
+            f"{figures.frauds:,}",
+            f"{figures.flagged:,}",
+            _ratio(figures.precision),
+            _ratio(figures.recall),
+            _ratio(figures.average_precision),
+        )
+    if not status.quality:
+        quality.add_row("-", "waiting for labels", "", "", "", "", "")
+    parts: list[RenderableType] = [overview, quality]
+    parts.extend(f"[yellow]{note}[/yellow]" for note in status.notes[-3:])
+    mode = "exactly-once" if status.exactly_once else "at-least-once"
+    return Panel(
+        Group(*parts),
+        title=f"fraudkit detect · {status.detector} · {mode} · {status.elapsed_s:,.0f}s",
+        border_style="cyan",
+    )

@@ -1,0 +1,306 @@
+"""`fraudkit evaluate`: score a time window with a model and its baselines, the way fraud teams do.
+
+Features are computed over the whole file (history feeds the windows); only rows in [T1, T2) are
+scored. Baselines in the same table: the amount rule and a logistic regression trained on the
+same features and the model's training/validation windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fraudkit.config import FraudkitConfig
+from fraudkit.errors import ConfigError, DataError, ModelError
+from fraudkit.metrics import card_precision_at_k
+from fraudkit.model import LoadedModel, RuleModel
+from fraudkit.train import (
+    TimeWindows,
+    card_keys,
+    evaluation_metrics,
+    feature_table,
+    fit,
+    format_ms,
+    parse_time_ms,
+    time_range,
+    time_windows,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+LOGISTIC_NAME = "logistic regression"
+
+
+@dataclass
+class ModelResult:
+    """One row of the evaluation table."""
+
+    name: str
+    version: str
+    threshold: float
+    metrics: dict[str, Any]
+    card_precision_per_day: list[float] = field(default_factory=list)
+
+
+@dataclass
+class EvalReport:
+    """The evaluated window, one result per model, notes and files written."""
+
+    data_path: str
+    from_ms: int
+    to_ms: int
+    rows: int
+    frauds: int
+    top_k: int
+    results: list[ModelResult]
+    days: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    def result(self, name: str) -> ModelResult:
+        """The result of one model by its name."""
+        for result in self.results:
+            if result.name == name:
+                return result
+        raise KeyError(name)
+
+
+def _model_and_spec(
+    config: FraudkitConfig, model_name: str, mapping: Any
+) -> tuple[Any, Any, TimeWindows | None]:
+    """The model to evaluate, the feature spec it was trained with and its training windows."""
+    from fraudkit.features import FeatureSpec
+    from fraudkit.registry import Registry
+
+    if model_name == "rules":
+        spec = FeatureSpec.from_config(config.features, mapping)
+        return None, spec, None
+    model = Registry(config.registry.path).load(model_name)
+    manifest = model.manifest
+    try:
+        spec = FeatureSpec.from_dict(manifest["feature_spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"model {model.version}: the manifest's feature_spec is unusable: {exc}") from None
+    if list(spec.names) != model.feature_names:
+        raise ModelError(f"model {model.version}: feature spec and feature names disagree")
+    windows_data = (manifest.get("training") or {}).get("windows")
+    windows = TimeWindows.from_dict(windows_data) if windows_data else None
+    return model, spec, windows
+
+
+def evaluate_model(
+    config: FraudkitConfig,
+    data_path: Path | str,
+    model_name: str,
+    mapping_name: str,
+    spark: Any,
+    *,
+    from_time: str | int | None = None,
+    to_time: str | int | None = None,
+    predictions_out: Path | str | None = None,
+    plot_dir: Path | str | None = None,
+    stage: Callable[[str], None] | None = None,
+) -> EvalReport:
+    """Evaluate `model_name` ("vN", "current" or "rules") on rows of `data_path` in [from, to)."""
+    from fraudkit.datasets import load_mapping
+
+    def announce(text: str) -> None:
+        if stage is not None:
+            stage(text)
+
+    top_k = config.evaluate.top_k
+    mapping = load_mapping(mapping_name)
+    model, spec, model_windows = _model_and_spec(config, model_name, mapping)
+    announce("reading the dataset")
+    first_ms, last_ms, _ = time_range(spark, data_path, mapping)
+    notes: list[str] = []
+    if model_windows is not None:
+        baseline_windows = model_windows
+    else:
+        baseline_windows = time_windows(first_ms, last_ms, config.train, config.features.label_delay_days)
+    default_from = model_windows.valid_to_ms if model_windows is not None else first_ms
+    from_ms = parse_time_ms(from_time, "--from")
+    to_ms = parse_time_ms(to_time, "--to")
+    from_ms = default_from if from_ms is None else from_ms
+    to_ms = last_ms + 1 if to_ms is None else to_ms
+    if from_ms >= to_ms:
+        raise ConfigError(f"--from {format_ms(from_ms)} is not before --to {format_ms(to_ms)}")
+    if from_ms < baseline_windows.valid_to_ms and to_ms > baseline_windows.train_from_ms:
+        whose = "the model's" if model_windows is not None else "the logistic regression's"
+        notes.append(
+            f"the window overlaps {whose} training/validation data ({baseline_windows.describe()}): "
+            "figures are optimistic"
+        )
+
+    announce(f"computing {len(spec.names)} features with Spark over the whole file")
+    needed_from = min(from_ms, baseline_windows.train_from_ms)
+    needed_to = max(to_ms, baseline_windows.valid_to_ms)
+    table = feature_table(spark, data_path, mapping, spec, lambda t: (t >= needed_from) & (t < needed_to))
+    times = table["event_time_ms"].to_numpy(dtype=np.int64)
+    window = (times >= from_ms) & (times < to_ms)
+    scored = table.loc[window].reset_index(drop=True)
+    if scored.empty:
+        raise DataError(
+            f"{data_path}: no rows in [{format_ms(from_ms)}, {format_ms(to_ms)}); the data covers "
+            f"[{format_ms(first_ms)}, {format_ms(last_ms + 1)})"
+        )
+    labels = scored["label"].to_numpy(dtype=np.int64)
+    if labels.sum() == 0:
+        notes.append("no fraud in the window: ROC AUC and average precision are undefined")
+    X = scored[list(spec.names)].to_numpy(dtype=np.float32)
+    cards = card_keys(scored)
+    event_times = scored["event_time_ms"].to_numpy(dtype=np.int64)
+
+    def result_for(name: str, version: str, scores: np.ndarray, threshold: float) -> ModelResult:
+        metrics = evaluation_metrics(labels, scores, cards, event_times, threshold, top_k)
+        per_day = card_precision_at_k(cards, event_times, labels, scores, k=top_k).per_day
+        return ModelResult(name, version, threshold, metrics, per_day)
+
+    results: list[ModelResult] = []
+    model_scores: np.ndarray | None = None
+    if model is not None:
+        announce(f"scoring {len(scored):,} rows with {model.version}")
+        model_scores = model.score(X)
+        results.append(result_for("MLP", model.version, model_scores, model.threshold))
+
+    announce("fitting the logistic-regression baseline")
+    logistic = _logistic_baseline(config, table, list(spec.names), baseline_windows, top_k, notes)
+    if logistic is not None:
+        results.append(result_for(LOGISTIC_NAME, "baseline", logistic.score(X), logistic.threshold))
+
+    rule_threshold = config.evaluate.amount_rule_threshold
+    rule_scores = _rule_scores(scored, list(spec.names), rule_threshold)
+    rule_name = f"amount > {rule_threshold:g}"
+    results.append(result_for(rule_name, "rules", rule_scores, 0.5))
+    if model is None:
+        model_scores = rule_scores
+
+    days = card_precision_at_k(cards, event_times, labels, rule_scores, k=top_k).days
+    report = EvalReport(
+        data_path=str(data_path),
+        from_ms=from_ms,
+        to_ms=to_ms,
+        rows=int(labels.size),
+        frauds=int(labels.sum()),
+        top_k=top_k,
+        results=results,
+        days=days,
+        notes=notes,
+    )
+    assert model_scores is not None
+    if predictions_out is not None:
+        report.files.append(write_predictions(scored, model_scores, Path(predictions_out)))
+    if plot_dir is not None:
+        curves = {}
+        if model is not None:
+            curves[f"MLP {model.version}"] = model_scores
+        if logistic is not None:
+            curves[LOGISTIC_NAME] = logistic.score(X)
+        curves[rule_name] = rule_scores
+        report.files.extend(plot_curves(labels, curves, Path(plot_dir)))
+    return report
+
+
+def _logistic_baseline(
+    config: FraudkitConfig,
+    table: pd.DataFrame,
+    feature_names: list[str],
+    windows: TimeWindows,
+    top_k: int,
+    notes: list[str],
+) -> LoadedModel | None:
+    """Logistic regression (the MLP without hidden layers) on the same features and windows."""
+    train_mask, valid_mask = windows.masks(table["event_time_ms"].to_numpy())
+    labels = table["label"].to_numpy()
+    if labels[train_mask].sum() == 0 or labels[valid_mask].sum() == 0:
+        notes.append(
+            f"logistic regression skipped: the file has no fraud in its training windows ({windows.describe()})"
+        )
+        return None
+    logistic_cfg = config.train.model_copy(update={"hidden_sizes": [], "dropout": 0.0})
+    result = fit(table, feature_names, logistic_cfg, train_mask, valid_mask, top_k=top_k)
+    return LoadedModel.from_state(
+        result.model_state, feature_names, result.normalisation, result.threshold, [], version="logistic"
+    )
+
+
+def _rule_scores(scored: pd.DataFrame, feature_names: list[str], amount_threshold: float) -> np.ndarray:
+    """The amount rule's scores, reading the raw `amount` column."""
+    if "amount" in feature_names:
+        return RuleModel(amount_threshold, feature_names).score(scored[feature_names].to_numpy(np.float64))
+    if "amount" in scored.columns:
+        return RuleModel(amount_threshold, ["amount"]).score(scored[["amount"]].to_numpy(np.float64))
+    raise DataError("the amount rule needs an 'amount' column, which the feature table lacks")
+
+
+def write_predictions(scored: pd.DataFrame, scores: np.ndarray, path: Path) -> str:
+    """transaction_id, score, label as CSV (.csv) or Parquet (anything else)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "transaction_id": scored["transaction_id"].astype(str).to_numpy(),
+            "score": np.asarray(scores, dtype=np.float64),
+            "label": scored["label"].to_numpy(dtype=np.int64),
+        }
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() == ".csv":
+            frame.to_csv(path, index=False)
+        else:
+            frame.to_parquet(path, index=False)
+    except OSError as exc:
+        raise DataError(f"cannot write predictions to {path}: {exc.strerror or exc}") from None
+    return str(path)
+
+
+def plot_curves(labels: np.ndarray, curves: dict[str, np.ndarray], directory: Path) -> list[str]:
+    """Precision-recall and ROC curves of every model as PNG files in `directory`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fraudkit.metrics import average_precision, precision_recall_curve, roc_auc, roc_curve
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create plot directory {directory}: {exc.strerror or exc}") from None
+    written = []
+    figure, axis = plt.subplots(figsize=(6, 5))
+    for name, scores in curves.items():
+        precision, recall, _ = precision_recall_curve(labels, scores)
+        axis.step(
+            np.r_[0.0, recall],
+            np.r_[1.0, precision],
+            where="post",
+            label=f"{name} (AP {average_precision(labels, scores):.3f})",
+        )
+    axis.set(xlabel="recall", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.02))
+    axis.legend(loc="upper right")
+    figure.tight_layout()
+    written.append(str(directory / "pr_curve.png"))
+    figure.savefig(written[-1], dpi=110)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 5))
+    for name, scores in curves.items():
+        fpr, tpr, _ = roc_curve(labels, scores)
+        axis.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(labels, scores):.3f})")
+    axis.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    axis.set(
+        xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02)
+    )
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    written.append(str(directory / "roc_curve.png"))
+    figure.savefig(written[-1], dpi=110)
+    plt.close(figure)
+    return written
