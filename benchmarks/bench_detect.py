@@ -1,7 +1,7 @@
 """Throughput and latency of `fraudkit detect` against a naive one-at-a-time detector, same run.
 
 Run: .venv/bin/python benchmarks/bench_detect.py [--transactions 300000] [--naive 3000]
-     [--rate 5000] [--latency-seconds 20] [--memory-cards 50000] [--skip-latency] [--skip-memory]
+     [--rate 5000] [--latency-seconds 20] [--memory-customers 5000] [--memory-days 35] [--skip-latency] [--skip-memory]
 
 Starts its own embedded broker (fraudkit.broker.running_broker) and a temporary registry holding
 an MLP ([64, 32] hidden units, random weights, the full simulator feature spec, threshold at the
@@ -19,8 +19,9 @@ an MLP ([64, 32] hidden units, random weights, the full simulator feature spec, 
    process produces at --rate tx/s (produced_ms stamped at produce time) and reads the verdicts
    back. Prints produced → verdict created (the detector's own figure) and produced → verdict
    read back by a consumer (an upper bound of produced → delivered).
-4. Memory per active card: OnlineFeatures over a simulated stream with --memory-cards cards,
-   tracemalloc after the state is built, divided by the number of cards in state.
+4. Memory per active card: OnlineFeatures over --memory-days simulated days of --memory-customers
+   customers (35 days fill the longest, 30-day window), expired at the last event time; tracemalloc
+   of the state divided by the number of cards in state.
 """
 
 from __future__ import annotations
@@ -281,8 +282,10 @@ def latency(bootstrap: str, workdir: Path, rate: float, seconds: float) -> None:
     print("detector log:", *err.strip().splitlines()[-6:], sep="\n  ")
 
 
-def memory_per_card(cards: int) -> None:
-    transactions = simulated_transactions(cards * 6, customers=cards, seed=3)
+def memory_per_card(customers: int, days: int) -> None:
+    """Bytes of feature state per card after `days` of simulated traffic (30 days fills every window)."""
+    frame = simulate_dataset(SimulateConfig(customers=customers, terminals=customers * 2, days=days, seed=3))
+    transactions = frame_to_transactions(frame)
     spec = FeatureSpec.from_config(load_config(None, {}, environ={}).features, SimulatorFields())
     gc.collect()
     tracemalloc.start()
@@ -290,15 +293,17 @@ def memory_per_card(cards: int) -> None:
     before = tracemalloc.get_traced_memory()[0]
     for start in range(0, len(transactions), 2000):
         features.transform(transactions[start : start + 2000])
+    features.expire(transactions[-1].event_time_ms)
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     in_state = features.state_counts()["cards"]
     per_card = (after - before) / max(in_state, 1)
     print(
-        f"memory: {len(transactions):,} transactions, {in_state:,} cards in state, "
+        f"memory: {days} days, {len(transactions):,} transactions, {in_state:,} cards in state "
+        f"({len(transactions) / max(in_state, 1) / days:.1f} tx per card per day), "
         f"{(after - before) / 1e6:.1f} MB traced = {per_card:,.0f} bytes per active card "
-        f"(state estimate {features.memory_bytes() / max(in_state, 1):,.0f} B/card)"
+        f"(OnlineFeatures.memory_bytes estimate: {features.memory_bytes() / max(in_state, 1):,.0f} B/card)"
     )
 
 
@@ -310,7 +315,8 @@ def main() -> None:
     parser.add_argument("--naive", type=int, default=3_000)
     parser.add_argument("--rate", type=float, default=5000.0)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
-    parser.add_argument("--memory-cards", type=int, default=50_000)
+    parser.add_argument("--memory-customers", type=int, default=5_000)
+    parser.add_argument("--memory-days", type=int, default=35)
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
@@ -323,7 +329,7 @@ def main() -> None:
         if not args.skip_latency:
             latency(bootstrap, workdir, args.rate, args.latency_seconds)
     if not args.skip_memory:
-        memory_per_card(args.memory_cards)
+        memory_per_card(args.memory_customers, args.memory_days)
     print(f"load average at the end: {os.getloadavg()}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
@@ -317,14 +318,16 @@ def test_labels_arriving_out_of_order_between_queries_are_counted() -> None:
     online.observe_label(label(1, at - 3 * DAY_MS, 1))
     first = online.transform([tx(10, at)], dtype=np.float64)[0]
     # Late labels land before, inside and after the cursors the first query left.
-    online.observe_label(label(2, at - 2 * DAY_MS - 5, 0))
+    online.observe_label(label(2, at - 2 * DAY_MS + 5, 0))
     online.observe_label(label(3, at - 40 * DAY_MS, 1))
     online.observe_label(label(4, at - DAY_MS - 1, 0))
     online.observe_label(label(5, at + DAY_MS, 1))
     second = online.transform([tx(11, at + 1)], dtype=np.float64)[0]
     names = spec.names
     assert first[names.index("terminal_count_7d")] == 1
-    assert second[names.index("terminal_count_1d")] == 2  # labels 4 and, from at+1, exactly 1 d... no: 4 only
+    # The second query's 1 d window is [at + 1 - 2 d, at + 1 - 1 d): labels 2 and 4.
+    assert second[names.index("terminal_count_1d")] == 2
+    assert second[names.index("terminal_fraud_rate_1d")] == 0.0
     assert second[names.index("terminal_count_7d")] == 3
     assert second[names.index("terminal_fraud_rate_7d")] == pytest.approx(1 / 3)
 
@@ -567,4 +570,5 @@ def test_pandas_features_follow_event_order_and_align_with_the_frame_rows() -> N
     got = pandas_features(shuffled, spec)
     np.testing.assert_allclose(got, expected[shuffled.index.to_numpy()], rtol=1e-9, atol=1e-9)
     rebuilt = frame_to_transactions(frame.head(3), ["V1"])
-    assert rebuilt[0] == txs[0]
+    assert rebuilt[0] == dataclasses.replace(txs[0], currency="EUR")
+    assert rebuilt[0].lat is None or isinstance(rebuilt[0].lat, float)

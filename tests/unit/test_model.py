@@ -170,7 +170,7 @@ def test_fit_refuses_a_validation_window_without_fraud() -> None:
     table = synthetic_table(500)
     table["label"] = np.where(table["event_time_ms"] >= 20 * DAY_MS, 0, table["label"])
     times = table["event_time_ms"].to_numpy()
-    with pytest.raises(DataError, match="validation window has .* no fraud"):
+    with pytest.raises(DataError, match=r"validation window has .* no fraud"):
         fit(table, NAMES, TrainConfig(epochs=1), times < 15 * DAY_MS, times >= 20 * DAY_MS)
 
 

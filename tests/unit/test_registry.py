@@ -157,7 +157,7 @@ def test_tampered_manifest_is_refused(tmp_path: Path) -> None:
     manifest = json.loads(manifest_path.read_text())
     manifest["threshold"] = 0.0001
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    with pytest.raises(ModelError, match="manifest.json does not match its checksum"):
+    with pytest.raises(ModelError, match=r"manifest\.json does not match its checksum"):
         registry.load()
     with pytest.raises(ModelError, match="checksum"):
         registry.show("v1")
@@ -200,3 +200,50 @@ def test_corrupt_current_pointer_is_a_model_error(tmp_path: Path) -> None:
     (tmp_path / "current").write_text("{not json")
     with pytest.raises(ModelError, match="current is unreadable or corrupt"):
         registry.current_version()
+
+
+def run_models(tmp_path: Path, *args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from fraudkit.cli import app
+
+    return CliRunner().invoke(app, ["models", *args, "--set", f"registry.path={tmp_path}"])
+
+
+def test_models_cli_lists_shows_promotes_and_rolls_back(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    publish(registry, 0)
+    publish(registry, 1, promote=False)
+    listed = run_models(tmp_path, "list")
+    assert listed.exit_code == 0, listed.output
+    rows = [line for line in listed.stdout.splitlines() if " v1 " in line or " v2 " in line]
+    assert "*" in rows[0] and "*" not in rows[1]
+    assert "0.6100" in rows[0]
+    shown = run_models(tmp_path, "show", "v2")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["version"] == "v2"
+    promoted = run_models(tmp_path, "promote", "v2")
+    assert promoted.exit_code == 0, promoted.output
+    assert "current model: v2 (was v1)" in promoted.stdout
+    rolled = run_models(tmp_path, "rollback")
+    assert rolled.exit_code == 0, rolled.output
+    assert "current model: v1 (was v2)" in rolled.stdout
+    assert registry.current_version() == "v1"
+    as_json = json.loads(run_models(tmp_path, "list", "--json").stdout)
+    assert [(m["version"], m["is_current"]) for m in as_json] == [("v1", True), ("v2", False)]
+
+
+def test_models_cli_refuses_tampered_and_unknown_versions_with_exit_4(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    publish(registry, 0)
+    publish(registry, 1, promote=False)
+    (tmp_path / "v2" / "manifest.json").write_text("{}")
+    refused = run_models(tmp_path, "promote", "v2")
+    assert refused.exit_code == 4
+    assert "error: model v2: manifest.json does not match its checksum" in refused.output
+    assert registry.current_version() == "v1"
+    assert run_models(tmp_path, "show", "v9").exit_code == 4
+    nothing = run_models(tmp_path, "rollback")
+    assert nothing.exit_code == 4
+    assert "nothing to roll back" in nothing.output
+    assert "corrupt" in run_models(tmp_path, "list").stdout
