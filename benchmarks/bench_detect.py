@@ -15,9 +15,9 @@ an MLP ([64, 32] hidden units, random weights, the full simulator feature spec, 
    Twice: with the detector's guarantee (wait for the produced message's ack, synchronous commit;
    --naive messages) and fire-and-forget (asynchronous commit, no ack wait; 10 x --naive messages).
    Ratio = 1 / 2, for each.
-3. Latency: the detector runs as a subprocess (`python -m fraudkit detect --json`) while this
-   process produces at --rate tx/s (produced_ms stamped at produce time) and reads the verdicts
-   back. Prints produced → verdict created (the detector's own figure) and produced → verdict
+3. Latency: the detector runs as a subprocess (`python -m fraudkit detect --json`) while another
+   process produces at --rate tx/s (produced_ms stamped at produce time) and this one reads the
+   verdicts back. Prints produced → verdict created (the detector's own figure) and produced → verdict
    read back by a consumer (an upper bound of produced → delivered).
 4. Memory per active card: OnlineFeatures over --memory-days simulated days of --memory-customers
    customers (35 days fill the longest, 30-day window), expired at the last event time; tracemalloc
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -79,6 +80,8 @@ def bench_config(bootstrap: str, workdir: Path, **overrides: Any) -> FraudkitCon
         "detect.transactional_id": f"bench-detect-{suffix}",
         "registry.path": str(workdir / "models"),
         "detect.quiet": True,
+        # Live retraining has its own benchmark; this one measures scoring alone.
+        "retrain.enabled": False,
     }
     values.update(overrides)
     return load_config(None, values, environ={})
@@ -203,6 +206,24 @@ def throughput(bootstrap: str, workdir: Path, count: int, naive_count: int) -> N
     )
 
 
+def paced_producer(
+    config: FraudkitConfig, transactions: list[Transaction], rate: float, results: Any
+) -> None:
+    """Produce at `rate` per second on an absolute schedule, produced_ms stamped at send time."""
+    producer = kafka.make_producer(config)  # linger.ms 5, as `fraudkit generate`
+    topic = config.topics.transactions
+    started = time.perf_counter()
+    for index, tx in enumerate(transactions):
+        delay = started + index / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        tx.produced_ms = time.time_ns() // 1_000_000
+        kafka.produce(producer, topic, encode(tx), key=tx.card_id)
+        producer.poll(0)
+    kafka.flush(producer, 60)
+    results.put(len(transactions) / (time.perf_counter() - started))
+
+
 def latency(bootstrap: str, workdir: Path, rate: float, seconds: float) -> None:
     config = bench_config(bootstrap, workdir)
     warmup = simulated_transactions(int(rate * seconds) + 20_000, seed=7)
@@ -240,28 +261,41 @@ def latency(bootstrap: str, workdir: Path, rate: float, seconds: float) -> None:
 
     reader_thread = threading.Thread(target=read_verdicts, daemon=True)
     reader_thread.start()
-    # Give the detector time to start, join its group and get partitions.
-    time.sleep(8)
-    producer = kafka.make_producer(config, **{"linger.ms": 1})
-    topic = config.topics.transactions
+    log_lines: list[str] = []
+    assigned = threading.Event()
+
+    def read_log() -> None:
+        assert detector.stderr is not None
+        for line in detector.stderr:
+            log_lines.append(line.rstrip())
+            if "assigned partitions" in line:
+                assigned.set()
+
+    threading.Thread(target=read_log, daemon=True).start()
+    # Produce only once the detector has joined its group and owns the partitions.
+    if not assigned.wait(90):
+        detector.kill()
+        print("detector did not get partitions within 90 s:", *log_lines[-5:], sep="\n  ")
+        return
+    time.sleep(1)
     total = int(rate * seconds)
     print(f"producing {total:,} transactions at {rate:,.0f}/s ...", flush=True)
-    started = time.perf_counter()
-    for index, tx in enumerate(warmup[20_000 : 20_000 + total]):
-        due = started + index / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        tx.produced_ms = time.time_ns() // 1_000_000
-        kafka.produce(producer, topic, encode(tx), key=tx.card_id)
-        producer.poll(0)
-    kafka.flush(producer, 60)
-    achieved = total / (time.perf_counter() - started)
-    out, err = detector.communicate(timeout=120)
+    # The producer gets a process of its own: in this one it would share the GIL with the reader.
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    producer = context.Process(
+        target=paced_producer, args=(config, warmup[20_000 : 20_000 + total], rate, results)
+    )
+    producer.start()
+    achieved = results.get(timeout=seconds * 10 + 120)
+    producer.join(30)
+    assert detector.stdout is not None
+    out = detector.stdout.read()  # one JSON line, printed when --until-idle stops it
+    detector.wait(120)
     stop_reading.set()
     reader_thread.join(10)
     if detector.returncode != 0:
-        print(f"detector failed ({detector.returncode}): {err[-2000:]}")
+        print(f"detector failed ({detector.returncode}):", *log_lines[-10:], sep="\n  ")
         return
     summary = json.loads(out.strip().splitlines()[-1])
     print(f"achieved rate {achieved:,.0f} tx/s; detector consumed {summary['consumed']:,}", flush=True)
@@ -279,7 +313,7 @@ def latency(bootstrap: str, workdir: Path, rate: float, seconds: float) -> None:
         )
         p50, p99 = np.percentile(np.asarray(waited), [50, 99])
         print(f"  of which produced -> consumed by the detector: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
-    print("detector log:", *err.strip().splitlines()[-6:], sep="\n  ")
+    print("detector log:", *log_lines[-6:], sep="\n  ")
 
 
 def memory_per_card(customers: int, days: int) -> None:
@@ -307,6 +341,19 @@ def memory_per_card(customers: int, days: int) -> None:
     )
 
 
+def broker_cpu_seconds(bootstrap: str) -> float | None:
+    """CPU seconds the embedded broker process has used so far (Linux /proc), for context."""
+    port = bootstrap.rsplit(":", 1)[1]
+    try:
+        found = subprocess.run(["pgrep", "-f", f"tcp://127.0.0.1:{port}"], capture_output=True, text=True)
+        pid = int(found.stdout.split()[0])
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -324,10 +371,26 @@ def main() -> None:
     print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp, running_broker() as bootstrap:
         workdir = Path(tmp)
-        if not args.skip_throughput:
-            throughput(bootstrap, workdir, args.transactions, args.naive)
-        if not args.skip_latency:
-            latency(bootstrap, workdir, args.rate, args.latency_seconds)
+        for skip, phase, run in (
+            (
+                args.skip_throughput,
+                "throughput",
+                lambda: throughput(bootstrap, workdir, args.transactions, args.naive),
+            ),
+            (
+                args.skip_latency,
+                "latency",
+                lambda: latency(bootstrap, workdir, args.rate, args.latency_seconds),
+            ),
+        ):
+            if skip:
+                continue
+            cpu_before, wall_before = broker_cpu_seconds(bootstrap), time.perf_counter()
+            run()
+            cpu_after = broker_cpu_seconds(bootstrap)
+            if cpu_before is not None and cpu_after is not None:
+                share = (cpu_after - cpu_before) / (time.perf_counter() - wall_before)
+                print(f"embedded broker during the {phase} phase: {share:.0%} of one core")
     if not args.skip_memory:
         memory_per_card(args.memory_customers, args.memory_days)
     print(f"load average at the end: {os.getloadavg()}")

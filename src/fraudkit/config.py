@@ -212,6 +212,7 @@ class DetectConfig(Section):
     quiet: bool = False
     recent_verdicts: int = Field(200_000, gt=0)
     quality_window: int = Field(5000, gt=0)
+    warm_labels: bool = True
 
 
 class RetrainConfig(Section):

@@ -3,8 +3,9 @@
 Delivery guarantees:
 
 * at-least-once (default): the offsets of a batch are committed only after every output of that
-  batch (branch copy, verdict, dead letter) is acknowledged by the broker. The commit of batch N
-  is made just before batch N+1 is produced, so acknowledgements arrive while N+1 is computed.
+  batch (branch copy, verdict, dead letter) is acknowledged by the broker. Commits never block the
+  loop: before each batch is produced, the offsets of all earlier batches are committed if the
+  producer has nothing outstanding; the loop waits only when too much is unsettled.
 * exactly-once (`--exactly-once`): each batch is one Kafka transaction holding its outputs and its
   input offsets (read-process-write with the consumer group metadata, KIP-447).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import re
 import socket
 import threading
 import time
@@ -44,7 +46,11 @@ MAX_EXPLAINED_PER_BATCH = 500
 EXPIRE_EVERY_S = 5.0
 # A detector that never gets partitions still stops under --until-idle, after the join grace.
 JOIN_GRACE_S = 10.0
+FIRST_CONNECT_S = 1.0
 LABELS_PER_POLL = 5000
+# At-least-once commits never wait for acknowledgements while these bounds hold (see _settle).
+MAX_UNSETTLED_BATCHES = 20
+MAX_UNSETTLED_S = 1.0
 
 
 class Scorer(Protocol):
@@ -227,7 +233,7 @@ class DetectOptions:
     exactly_once: bool = False
     instance_id: str = ""
     status_interval_s: float = 1.0
-    labels_from_beginning: bool = False
+    labels_from_beginning: bool = True
     torch_threads: int | None = 1
 
     def validate(self) -> None:
@@ -290,7 +296,6 @@ def run_detect(
     status_interval_s: float = 1.0,
     extensions: Sequence[DetectExtension] = (),
     holder: ModelHolder | None = None,
-    labels_from_beginning: bool = False,
     torch_threads: int | None = 1,
 ) -> DetectSummary:
     """Run the detector until a bound is reached or `stop_event` is set; return its summary."""
@@ -301,7 +306,7 @@ def run_detect(
         exactly_once=config.detect.exactly_once if exactly_once is None else exactly_once,
         instance_id=instance_id or default_instance_id(),
         status_interval_s=status_interval_s,
-        labels_from_beginning=labels_from_beginning,
+        labels_from_beginning=config.detect.warm_labels,
         torch_threads=torch_threads,
     )
     options.validate()
@@ -315,10 +320,7 @@ def run_detect(
     log = on_log or (lambda _message: None)
     from fraudkit import kafka
 
-    def waiting(remaining: float, error: str) -> None:
-        log(f"waiting for Kafka at {config.kafka.bootstrap_servers} ({error}); giving up in {remaining:.0f}s")
-
-    kafka.wait_for_broker(config, on_retry=waiting)
+    wait_for_kafka(config, log)
     topics = config.topics
     kafka.ensure_topics(
         config,
@@ -326,6 +328,44 @@ def run_detect(
     )
     loop = _DetectLoop(config, holder, options, stop_event or threading.Event(), on_status, log, extensions)
     return loop.run()
+
+
+def wait_for_kafka(config: FraudkitConfig, log: LogCallback) -> None:
+    """Wait up to kafka.connect_timeout_s for the broker, saying so within a second; BrokerError after."""
+    from fraudkit import kafka
+
+    servers = config.kafka.bootstrap_servers
+    total = config.kafka.connect_timeout_s
+    deadline = time.monotonic() + total
+    try:
+        # A short first attempt, so that a missing broker is reported at once, not after a 5 s probe.
+        kafka.wait_for_broker(config, timeout_s=min(FIRST_CONNECT_S, total))
+        return
+    except BrokerError as exc:
+        last_error = [_reason(exc)]
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        log(f"waiting for Kafka at {servers} (retrying with backoff, giving up in {remaining:.0f}s)")
+
+        def waiting(left: float, error: str) -> None:
+            last_error[0] = error
+            log(f"still waiting for Kafka at {servers} ({error}); giving up in {left:.0f}s")
+
+        try:
+            kafka.wait_for_broker(config, timeout_s=remaining, on_retry=waiting)
+            log(f"connected to Kafka at {servers}")
+            return
+        except BrokerError as exc:
+            last_error[0] = _reason(exc)
+    raise BrokerError(
+        f"cannot reach Kafka at {servers} within kafka.connect_timeout_s={total:g}s (last error: {last_error[0]})"
+    )
+
+
+def _reason(error: BrokerError) -> str:
+    """The librdkafka reason inside kafka.wait_for_broker's message."""
+    match = re.search(r"\((.*); gave up after", str(error))
+    return match.group(1) if match else str(error)
 
 
 def _is_rules(model: Scorer) -> bool:
@@ -384,6 +424,8 @@ class _DetectLoop:
         self.quality = LiveQuality(self.detect.recent_verdicts, self.detect.quality_window)
         self.assigned: set[int] = set()
         self.pending: dict[int, int] | None = None
+        self.pending_batches = 0
+        self.pending_since = 0.0
         self.delivery_errors: list[str] = []
         self.delivery_failures = 0
         self.max_event_ms: int | None = None
@@ -414,7 +456,10 @@ class _DetectLoop:
 
     def _open_labels(self) -> None:
         kafka = self.kafka
-        consumer = kafka.make_consumer(self.config, f"{self.detect.group_id}-labels")
+        # Labels are not latency-critical: long fetch waits spare the broker.
+        consumer = kafka.make_consumer(
+            self.config, f"{self.detect.group_id}-labels", **{"fetch.wait.max.ms": 100}
+        )
         topic = self.topics.labels
         try:
             metadata = consumer.list_topics(topic, timeout=10)
@@ -424,7 +469,8 @@ class _DetectLoop:
         partitions = sorted(metadata.topics[topic].partitions) if topic in metadata.topics else []
         start = kafka.OFFSET_BEGINNING if self.options.labels_from_beginning else kafka.OFFSET_END
         # Every detector reads every label: terminal fraud rates need all of them, and the labels
-        # topic is partitioned independently of the transactions this detector owns.
+        # topic is partitioned independently of the transactions this detector owns. Nothing is
+        # committed: the feature state lives in memory, so a restart re-reads what is retained.
         consumer.assign([kafka.TopicPartition(topic, p, start) for p in partitions])
         self.labels_consumer = consumer
 
@@ -484,7 +530,7 @@ class _DetectLoop:
                     extension.between_batches()
                 swapped = self.holder.swap()
                 if swapped is not None:
-                    self.log(f"now serving model {swapped}")
+                    self._note(f"now serving model {swapped}")
                 limit = (
                     self.detect.batch_size if remaining is None else min(self.detect.batch_size, remaining)
                 )
@@ -494,8 +540,8 @@ class _DetectLoop:
                     if remaining is not None:
                         remaining -= len(messages)
                 else:
-                    # Nothing new: settle the batch in flight so its offsets do not wait for traffic.
-                    self._finish_pending(final=False)
+                    # Nothing new: commit what is acknowledged so offsets do not wait for traffic.
+                    self._settle(block=False)
                 self._poll_labels()
                 now = time.monotonic()
                 if now >= next_expire and self.max_event_ms is not None:
@@ -519,7 +565,7 @@ class _DetectLoop:
             if self.in_transaction:
                 self._abort_quietly()
             elif not failed:
-                self._finish_pending(final=True)
+                self._settle(block=True)
         finally:
             # Closing after a broker failure must not mask that failure.
             with contextlib.suppress(Exception):
@@ -551,9 +597,15 @@ class _DetectLoop:
             if self.options.exactly_once:
                 self._produce_transaction(batch)
             else:
-                self._finish_pending(final=False)
+                self._settle(block=False)
                 self._produce(batch)
-                self.pending = batch.offsets
+                if self.pending is None:
+                    self.pending = dict(batch.offsets)
+                    self.pending_batches = 1
+                    self.pending_since = batch_started
+                else:
+                    self.pending.update(batch.offsets)
+                    self.pending_batches += 1
             self._account(batch)
         done = time.monotonic()
         self.last_batch_at = done
@@ -705,28 +757,47 @@ class _DetectLoop:
                     f"{remaining} output message(s) not acknowledged after {self.delivery_timeout_s:g}s; "
                     "offsets were not committed, a restart re-processes the batch"
                 )
+        self._check_deliveries()
+
+    def _check_deliveries(self) -> None:
         if self.delivery_failures:
             raise BrokerError(
                 f"{self.delivery_failures} output message(s) could not be delivered "
                 f"({'; '.join(self.delivery_errors)}); offsets were not committed"
             )
 
-    def _finish_pending(self, final: bool) -> None:
-        """Wait for the in-flight batch's outputs, then commit its offsets (at-least-once)."""
+    def _settle(self, block: bool) -> None:
+        """Commit the offsets of the batches produced so far once all their outputs are acknowledged.
+
+        Without `block` this never waits: it commits only if nothing is outstanding right now, so
+        acknowledgements arrive while the next batch is scored. Past MAX_UNSETTLED_BATCHES or
+        MAX_UNSETTLED_S it waits, which bounds what a crash makes the group re-process.
+        """
         if self.pending is None:
             return
-        self._wait_delivered()
+        overdue = (
+            self.pending_batches >= MAX_UNSETTLED_BATCHES
+            or time.monotonic() - self.pending_since >= MAX_UNSETTLED_S
+        )
+        if block or overdue:
+            self._wait_delivered()
+        else:
+            self.producer.poll(0)
+            if len(self.producer) > 0:
+                return
+            self._check_deliveries()
         offsets, self.pending = self.pending, None
+        self.pending_batches = 0
         topic = self.topics.transactions
         partitions = [self.kafka.TopicPartition(topic, p, o) for p, o in offsets.items()]
         try:
-            if final:
+            if block:
                 self.consumer.commit(offsets=partitions, asynchronous=False)
             else:
                 self.consumer.commit(offsets=partitions, asynchronous=True)
         except self.kafka.KafkaException as exc:
             # A commit refused because of a rebalance only means re-processing (at-least-once).
-            self.log(f"offset commit failed ({exc.args[0].str()}); those transactions may be scored again")
+            self._note(f"offset commit failed ({exc.args[0].str()}); those transactions may be scored again")
 
     def _produce_transaction(self, batch: _Batch) -> None:
         producer = self.producer
@@ -792,9 +863,9 @@ class _DetectLoop:
         self.log(f"assigned partitions {sorted(self.assigned)} of {self.topics.transactions}")
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Finish the batch in flight while these partitions are still ours, so the next owner
-        # starts exactly after it.
-        self._finish_pending(final=True)
+        # Settle the batches in flight while these partitions are still ours, so the next owner
+        # starts exactly after them.
+        self._settle(block=True)
         self.assigned.difference_update(p.partition for p in partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -803,14 +874,20 @@ class _DetectLoop:
         self.producer.flush(self.delivery_timeout_s)
         self.pending = None
         self.assigned.difference_update(p.partition for p in partitions)
-        self.log(f"lost partitions {sorted(p.partition for p in partitions)} (session timed out)")
+        self._note(f"lost partitions {sorted(p.partition for p in partitions)} (session timed out)")
+
+    def _note(self, message: str) -> None:
+        """Log a message and keep it for the status panel."""
+        self.log(message)
+        self.notes.append(message)
+        del self.notes[:-5]
 
     def _consumer_error(self, error: KafkaError) -> None:
         if error.code() == self.kafka.KafkaError._PARTITION_EOF:
             return
         if error.fatal():
             raise BrokerError(f"consumer failed: {error.str()}")
-        self.log(f"consumer: {error.str()}")
+        self._note(f"consumer: {error.str()}")
 
     # -- labels -------------------------------------------------------------------------------
 

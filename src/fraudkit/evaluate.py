@@ -16,7 +16,7 @@ import numpy as np
 
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import ConfigError, DataError, ModelError
-from fraudkit.metrics import card_precision_at_k
+from fraudkit.metrics import DAY_MS, card_precision_at_k
 from fraudkit.model import LoadedModel, RuleModel
 from fraudkit.train import (
     TimeWindows,
@@ -114,6 +114,8 @@ def evaluate_model(
             stage(text)
 
     top_k = config.evaluate.top_k
+    from_ms = parse_time_ms(from_time, "--from")
+    to_ms = parse_time_ms(to_time, "--to")
     mapping = load_mapping(mapping_name)
     model, spec, model_windows = _model_and_spec(config, model_name, mapping)
     announce("reading the dataset")
@@ -124,8 +126,6 @@ def evaluate_model(
     else:
         baseline_windows = time_windows(first_ms, last_ms, config.train, config.features.label_delay_days)
     default_from = model_windows.valid_to_ms if model_windows is not None else first_ms
-    from_ms = parse_time_ms(from_time, "--from")
-    to_ms = parse_time_ms(to_time, "--to")
     from_ms = default_from if from_ms is None else from_ms
     to_ms = last_ms + 1 if to_ms is None else to_ms
     if from_ms >= to_ms:
@@ -137,6 +137,13 @@ def evaluate_model(
             "figures are optimistic"
         )
 
+    history_ms = int(spec.history_ms)
+    if spec.use_card and first_ms > from_ms - history_ms:
+        history_days = max(from_ms - first_ms, 0) / DAY_MS
+        notes.append(
+            f"the file holds {history_days:.1f} days of history before the window, less than the longest card "
+            f"window ({history_ms / DAY_MS:g} d): windowed features start partly cold"
+        )
     announce(f"computing {len(spec.names)} features with Spark over the whole file")
     needed_from = min(from_ms, baseline_windows.train_from_ms)
     needed_to = max(to_ms, baseline_windows.valid_to_ms)
@@ -169,9 +176,29 @@ def evaluate_model(
         results.append(result_for("MLP", model.version, model_scores, model.threshold))
 
     announce("fitting the logistic-regression baseline")
-    logistic = _logistic_baseline(config, table, list(spec.names), baseline_windows, top_k, notes)
-    if logistic is not None:
-        results.append(result_for(LOGISTIC_NAME, "baseline", logistic.score(X), logistic.threshold))
+    baseline_table = table
+    training = (model.manifest.get("training") or {}) if model is not None else {}
+    source = training.get("dataset_path")
+    if (
+        not _has_fraud_in(table, baseline_windows)
+        and source
+        and Path(source).exists()
+        and Path(source).resolve() != Path(data_path).resolve()
+    ):
+        # The evaluated file holds no training rows (e.g. a history/stream split): use the model's.
+        announce(f"computing features of the model's training data {source}")
+        baseline_table = feature_table(
+            spark,
+            source,
+            load_mapping(str(training.get("dataset_mapping") or mapping_name)),
+            spec,
+            lambda t: (t >= baseline_windows.train_from_ms) & (t < baseline_windows.valid_to_ms),
+        )
+        notes.append(f"logistic regression trained on {source}, the model's training data")
+    logistic = _logistic_baseline(config, baseline_table, list(spec.names), baseline_windows, top_k, notes)
+    logistic_scores = logistic.score(X) if logistic is not None else None
+    if logistic is not None and logistic_scores is not None:
+        results.append(result_for(LOGISTIC_NAME, "baseline", logistic_scores, logistic.threshold))
 
     rule_threshold = config.evaluate.amount_rule_threshold
     rule_scores = _rule_scores(scored, list(spec.names), rule_threshold)
@@ -199,11 +226,17 @@ def evaluate_model(
         curves = {}
         if model is not None:
             curves[f"MLP {model.version}"] = model_scores
-        if logistic is not None:
-            curves[LOGISTIC_NAME] = logistic.score(X)
+        if logistic_scores is not None:
+            curves[LOGISTIC_NAME] = logistic_scores
         curves[rule_name] = rule_scores
         report.files.extend(plot_curves(labels, curves, Path(plot_dir)))
     return report
+
+
+def _has_fraud_in(table: pd.DataFrame, windows: TimeWindows) -> bool:
+    train_mask, valid_mask = windows.masks(table["event_time_ms"].to_numpy())
+    labels = table["label"].to_numpy()
+    return bool(labels[train_mask].sum() > 0 and labels[valid_mask].sum() > 0)
 
 
 def _logistic_baseline(
@@ -215,13 +248,12 @@ def _logistic_baseline(
     notes: list[str],
 ) -> LoadedModel | None:
     """Logistic regression (the MLP without hidden layers) on the same features and windows."""
-    train_mask, valid_mask = windows.masks(table["event_time_ms"].to_numpy())
-    labels = table["label"].to_numpy()
-    if labels[train_mask].sum() == 0 or labels[valid_mask].sum() == 0:
+    if not _has_fraud_in(table, windows):
         notes.append(
             f"logistic regression skipped: the file has no fraud in its training windows ({windows.describe()})"
         )
         return None
+    train_mask, valid_mask = windows.masks(table["event_time_ms"].to_numpy())
     logistic_cfg = config.train.model_copy(update={"hidden_sizes": [], "dropout": 0.0})
     result = fit(table, feature_names, logistic_cfg, train_mask, valid_mask, top_k=top_k)
     return LoadedModel.from_state(

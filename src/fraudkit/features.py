@@ -331,6 +331,13 @@ class OnlineFeatures:
         self._relative_index = self._windows.index(spec.relative_window_ms)
         self._history_ms = spec.history_ms
         self._terminal_horizon_ms = spec.label_delay_ms + max(spec.terminal_windows_ms)
+        self._raw_width = (
+            2
+            + spec.use_card * (2 * len(self._windows) + 1 + 4 * spec.use_location + spec.use_country)
+            + spec.use_card * spec.use_terminal
+            + spec.use_terminal * 2 * len(spec.terminal_windows_ms)
+            + len(spec.passthrough)
+        )
         self._cards: dict[str | None, _CardState] = {}
         self._terminals: dict[str, _TerminalLabels] = {}
         self._label_floor = _NEVER
@@ -339,14 +346,20 @@ class OnlineFeatures:
 
     def transform(self, transactions: Sequence[Transaction], dtype: Any = np.float32) -> np.ndarray:
         """Features of each transaction (state before it, plus itself), updating state in the given order."""
+        raw = self._walk(transactions)
+        return self._finish(raw.reshape(len(transactions), self._raw_width), dtype)
+
+    def _walk(self, transactions: Sequence[Transaction]) -> np.ndarray:
+        """The stateful pass: per row, the raw quantities only state can give (counts, sums, last sightings).
+
+        Everything that is plain arithmetic on them happens in `_finish`, vectorised, which keeps this
+        loop (the detector's hot path) short. Layout per row: t, amount, then for cards each window's
+        (count, sum), time since the previous row, [lat, lon, previous lat, previous lon], [when the
+        country was last seen], [when the terminal was last seen]; then for terminals each window's
+        (labels, frauds); then the pass-through values (None when absent).
+        """
         spec = self.spec
-        values: list[float] = []
-        out = values.append
-        log1p = math.log1p
-        sin = math.sin
-        cos = math.cos
-        asin = math.asin
-        sqrt = math.sqrt
+        values: list[Any] = []
         use_card = spec.use_card
         use_location = spec.use_location
         use_country = spec.use_country
@@ -355,22 +368,15 @@ class OnlineFeatures:
         windows = self._windows
         window_count = len(windows)
         last_window = window_count - 1
-        relative_index = self._relative_index
-        history_ms = self._history_ms
-        no_prev_log_seconds = math.log1p(history_ms / 1000.0)
         terminals = self._terminals
         label_delay = spec.label_delay_ms
         terminal_windows = spec.terminal_windows_ms
-        terminal_zeros = [0.0] * (2 * len(terminal_windows))
+        terminal_zeros = (0, 0) * len(terminal_windows)
         passthrough = spec.passthrough
-        half_rad = _HALF_RADIANS_PER_DEGREE
-        rad = _RADIANS_PER_DEGREE
-        diameter = 2.0 * EARTH_RADIUS_KM
         for tx in transactions:
             t = tx.event_time_ms
             amount = tx.amount
-            out(amount)
-            out(log1p(amount))
+            values += (t, amount)
             if use_card:
                 card_id = tx.card_id
                 card = cards.get(card_id)
@@ -399,76 +405,37 @@ class OnlineFeatures:
                     else:
                         total = sums[k] + amount
                     sums[k] = total
-                    count = size - head
-                    out(count)
-                    out(total / count)
+                    values += (size - head, total)
                     k += 1
-                previous_count = size - 1 - heads[relative_index]
-                if previous_count:
-                    previous_mean = (sums[relative_index] - amount) / previous_count
-                    if previous_mean >= MIN_MEAN_FOR_RATIO:
-                        ratio = amount / previous_mean
-                        out(ratio if ratio < MAX_AMOUNT_RATIO else MAX_AMOUNT_RATIO)
-                    else:
-                        out(1.0)
-                else:
-                    out(1.0)
-                last_time = card.last_time
-                has_previous = last_time > t - history_ms
-                out(log1p((t - last_time) / 1000.0) if has_previous else no_prev_log_seconds)
+                # Rows outside even the longest window are garbage; drop them once they are half the list.
+                if head >= 32 and head + head >= size:
+                    del times[:head]
+                    del amounts[:head]
+                    card.heads = [old - head for old in heads]
+                values.append(t - card.last_time)
+                card.last_time = t
                 if use_location:
                     lat = tx.lat
                     lon = tx.lon
-                    last_lat = card.last_lat
-                    last_lon = card.last_lon
-                    if (
-                        has_previous
-                        and lat is not None
-                        and lon is not None
-                        and last_lat is not None
-                        and last_lon is not None
-                    ):
-                        half_dlat = sin((lat - last_lat) * half_rad)
-                        half_dlon = sin((lon - last_lon) * half_rad)
-                        a = half_dlat * half_dlat + cos(last_lat * rad) * cos(lat * rad) * (
-                            half_dlon * half_dlon
-                        )
-                        distance = diameter * asin(sqrt(a if a < 1.0 else 1.0))
-                        elapsed = t - last_time
-                        hours = (elapsed if elapsed > MIN_TRAVEL_MS else MIN_TRAVEL_MS) / HOUR_MS
-                        speed = distance / hours
-                        out(distance)
-                        out(speed if speed < MAX_SPEED_KMH else MAX_SPEED_KMH)
-                    else:
-                        out(0.0)
-                        out(0.0)
+                    values += (lat, lon, card.last_lat, card.last_lon)
                     card.last_lat = lat
                     card.last_lon = lon
-                card.last_time = t
                 if use_country:
                     country = tx.country
                     if country is None:
-                        out(0.0)
+                        values.append(t)
                     else:
                         countries = card.countries
-                        seen = countries.get(country, _NEVER)
-                        out(1.0 if seen <= t - history_ms else 0.0)
+                        values.append(countries.get(country, _NEVER))
                         countries[country] = t
                 if use_terminal:
                     terminal_id = tx.terminal_id
                     if terminal_id is None:
-                        out(0.0)
+                        values.append(t)
                     else:
                         visited = card.terminals
-                        seen = visited.get(terminal_id, _NEVER)
-                        out(1.0 if seen <= t - history_ms else 0.0)
+                        values.append(visited.get(terminal_id, _NEVER))
                         visited[terminal_id] = t
-                # Rows outside even the longest window are garbage; drop them once they are half the list.
-                oldest = heads[last_window]
-                if oldest >= 32 and oldest + oldest >= size:
-                    del times[:oldest]
-                    del amounts[:oldest]
-                    card.heads = [head - oldest for head in heads]
             if use_terminal:
                 terminal_id = tx.terminal_id
                 labels = terminals.get(terminal_id) if terminal_id is not None else None
@@ -519,26 +486,78 @@ class OnlineFeatures:
                             k += 1
                     k = 0
                     for start in starts:
-                        count = end - start
-                        if count:
-                            out(count)
-                            out((frauds_before_end - frauds_before_start[k]) / count)
-                        else:
-                            out(0.0)
-                            out(0.0)
+                        values += (end - start, frauds_before_end - frauds_before_start[k])
                         k += 1
-            angle = (t % DAY_MS) * _ANGLE_PER_MS
-            out(sin(angle))
-            out(cos(angle))
-            # 1970-01-01 was a Thursday: (day + 3) % 7 is 0 on Mondays, 5 and 6 at the weekend.
-            out(1.0 if (t // DAY_MS + 3) % 7 >= 5 else 0.0)
             if passthrough:
-                get = tx.extra.get
-                for name in passthrough:
-                    value = get(name, 0.0)
-                    out(0.0 if value != value else value)
-        matrix = np.array(values, dtype=dtype)
-        return matrix.reshape(len(transactions), self.width)
+                values += map(tx.extra.get, passthrough)
+        # None (no location, no pass-through value) becomes NaN here.
+        return np.array(values, dtype=np.float64)
+
+    def _finish(self, raw: np.ndarray, dtype: Any) -> np.ndarray:
+        """The features from the raw per-row quantities, as whole columns."""
+        spec = self.spec
+        rows = raw.shape[0]
+        out = np.empty((rows, self.width), dtype=np.float64)
+        times = raw[:, 0].astype(np.int64)
+        amount = raw[:, 1]
+        out[:, 0] = amount
+        out[:, 1] = np.log1p(amount)
+        column = 2
+        at = 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if spec.use_card:
+                history = self._history_ms
+                for k in range(len(self._windows)):
+                    count = raw[:, at + 2 * k]
+                    out[:, column] = count
+                    out[:, column + 1] = raw[:, at + 2 * k + 1] / count
+                    column += 2
+                relative = at + 2 * self._relative_index
+                previous_count = raw[:, relative] - 1.0
+                previous_mean = (raw[:, relative + 1] - amount) / previous_count
+                usable = (previous_count > 0) & (previous_mean >= MIN_MEAN_FOR_RATIO)
+                ratio = np.minimum(amount / previous_mean, MAX_AMOUNT_RATIO)
+                out[:, column] = np.where(usable, ratio, 1.0)
+                at += 2 * len(self._windows)
+                elapsed = raw[:, at]
+                has_previous = elapsed < history
+                out[:, column + 1] = np.where(
+                    has_previous, np.log1p(elapsed / 1000.0), math.log1p(history / 1000.0)
+                )
+                column += 2
+                at += 1
+                if spec.use_location:
+                    lat, lon, last_lat, last_lon = (raw[:, at + i] for i in range(4))
+                    located = has_previous & ~np.isnan(lat + lon + last_lat + last_lon)
+                    distance = _haversine_array(last_lat, last_lon, lat, lon)
+                    hours = np.maximum(elapsed, MIN_TRAVEL_MS) / HOUR_MS
+                    out[:, column] = np.where(located, distance, 0.0)
+                    out[:, column + 1] = np.where(located, np.minimum(distance / hours, MAX_SPEED_KMH), 0.0)
+                    column += 2
+                    at += 4
+                horizon = times - history
+                for flag in (spec.use_country, spec.use_terminal):
+                    if flag:
+                        out[:, column] = raw[:, at] <= horizon
+                        column += 1
+                        at += 1
+            if spec.use_terminal:
+                for k in range(len(spec.terminal_windows_ms)):
+                    count = raw[:, at + 2 * k]
+                    out[:, column] = count
+                    out[:, column + 1] = np.where(count > 0, raw[:, at + 2 * k + 1] / count, 0.0)
+                    column += 2
+                at += 2 * len(spec.terminal_windows_ms)
+        angle = (times % DAY_MS) * _ANGLE_PER_MS
+        out[:, column] = np.sin(angle)
+        out[:, column + 1] = np.cos(angle)
+        # 1970-01-01 was a Thursday: (day + 3) % 7 is 0 on Mondays, 5 and 6 at the weekend.
+        out[:, column + 2] = (times // DAY_MS + 3) % 7 >= 5
+        column += 3
+        if spec.passthrough:
+            passthrough = raw[:, at : at + len(spec.passthrough)]
+            out[:, column:] = np.where(np.isnan(passthrough), 0.0, passthrough)
+        return out.astype(dtype, copy=False)
 
     def observe_label(self, label: Label) -> None:
         """Record a transaction's truth for its terminal's fraud rates (any arrival order)."""
@@ -617,6 +636,16 @@ def _estimate(states: dict[Any, Any], sample: int, measure: Any) -> int:
         if count >= sample:
             break
     return sys.getsizeof(states) + measured * len(states) // count
+
+
+def _haversine_array(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
+    """haversine_km over arrays (NaN where a coordinate is missing)."""
+    half_dlat = np.sin((lat2 - lat1) * _HALF_RADIANS_PER_DEGREE)
+    half_dlon = np.sin((lon2 - lon1) * _HALF_RADIANS_PER_DEGREE)
+    a = half_dlat * half_dlat + np.cos(lat1 * _RADIANS_PER_DEGREE) * np.cos(lat2 * _RADIANS_PER_DEGREE) * (
+        half_dlon * half_dlon
+    )
+    return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
 
 
 def _card_bytes(card: _CardState) -> int:

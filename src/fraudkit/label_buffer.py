@@ -46,8 +46,8 @@ BUFFER_KEY_COLUMNS = [
     "detector",
 ]
 SPEC_FILE = "spec.json"
-_FILE_NAME = re.compile(r"^(\d{13})-([A-Za-z0-9_.]+)-(\d{6})-(\d+)\.parquet$")
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
+_FILE_NAME = re.compile(r"^(\d{13})-([A-Za-z0-9_.-]+)-(\d{6})-(\d+)\.parquet$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 # A row index lives in the low 32 bits of an index entry, the chunk number above it.
 _ROW_BITS = 32
 

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -112,17 +113,20 @@ class Registry:
         return [name for _, name in sorted(found)]
 
     def _claim_version(self) -> tuple[str, Path]:
-        self.path.mkdir(parents=True, exist_ok=True)
-        existing = self.versions()
-        number = int(existing[-1][1:]) + 1 if existing else 1
-        while True:
-            candidate = self.path / f"v{number}"
-            try:
-                candidate.mkdir()
-            except FileExistsError:
-                number += 1
-                continue
-            return candidate.name, candidate
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            existing = self.versions()
+            number = int(existing[-1][1:]) + 1 if existing else 1
+            while True:
+                candidate = self.path / f"v{number}"
+                try:
+                    candidate.mkdir()
+                except FileExistsError:
+                    number += 1
+                    continue
+                return candidate.name, candidate
+        except OSError as exc:
+            raise ModelError(f"cannot create a model version in {self.path}: {exc.strerror or exc}") from None
 
     def publish(
         self,
@@ -179,10 +183,19 @@ class Registry:
             manifest["reason"] = reason
         weights = save(arrays, metadata={"fraudkit_version": __version__, "version": version})
         manifest_bytes = json.dumps(jsonable(manifest), indent=2, allow_nan=False).encode() + b"\n"
-        _write_atomic(directory / WEIGHTS_FILE, weights)
-        _write_atomic(directory / MANIFEST_FILE, manifest_bytes)
         checksum = f"{_sha256(weights)}  {WEIGHTS_FILE}\n{_sha256(manifest_bytes)}  {MANIFEST_FILE}\n"
-        _write_atomic(directory / CHECKSUM_FILE, checksum.encode())
+        try:
+            _write_atomic(directory / WEIGHTS_FILE, weights)
+            _write_atomic(directory / MANIFEST_FILE, manifest_bytes)
+            _write_atomic(directory / CHECKSUM_FILE, checksum.encode())
+        except BaseException as exc:
+            # A half-written version must not linger.
+            shutil.rmtree(directory, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise ModelError(
+                    f"cannot write model {version} to {directory}: {exc.strerror or exc}"
+                ) from None
+            raise
         if promote and status == STATUS_PUBLISHED:
             self.promote(version)
         return version
@@ -342,7 +355,12 @@ class Registry:
 
     def _write_pointer(self, version: str, previous: builtins.list[str]) -> None:
         data = {"version": version, "previous": previous, "updated_ms": int(time.time() * 1000)}
-        _write_atomic(self.path / CURRENT_FILE, json.dumps(data, indent=2).encode() + b"\n")
+        try:
+            _write_atomic(self.path / CURRENT_FILE, json.dumps(data, indent=2).encode() + b"\n")
+        except OSError as exc:
+            raise ModelError(
+                f"cannot switch {self.path / CURRENT_FILE} to {version}: {exc.strerror or exc}"
+            ) from None
 
     def promote(self, version: str) -> str:
         """Make a verified, non-rejected version current; returns its name."""

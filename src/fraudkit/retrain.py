@@ -56,6 +56,8 @@ LOCK_FILE = "trainer.lock"
 # Joined rows are written in files of about this many rows, or after this long.
 FLUSH_ROWS = 5000
 FLUSH_EVERY_S = 5.0
+# How often the trainer counts new rows in the buffer directory.
+SCAN_EVERY_S = 1.0
 CONTROL_MESSAGES_PER_POLL = 100
 STOP_WAIT_S = 60.0
 LOG_TAIL_CHARS = 1500
@@ -340,7 +342,8 @@ class RetrainExtension(DetectExtension):
         self._last_flush = time.monotonic()
         self._tasks: queue.Queue[Any] = queue.Queue()
         self._job: RetrainJob | None = None
-        self._job_active = threading.Event()
+        self._seen_files: set[str] = set()
+        self._next_scan = 0.0
         self._offered: set[str] = set()
         self._lock_warned = False
         self._thread: threading.Thread | None = None
@@ -361,6 +364,7 @@ class RetrainExtension(DetectExtension):
         self.log = context.log
         self._use_spec(self.holder.spec)
         files = self.buffer.files()
+        self._seen_files = {item.path.name for item in files}
         self.stats.buffer_rows = sum(item.rows for item in files)
         self.log(
             f"label buffer {self.buffer.directory}: {self.stats.buffer_rows:,} labelled rows in {len(files)} file(s)"
@@ -397,22 +401,19 @@ class RetrainExtension(DetectExtension):
         self.scored.add(transactions, features, scores, model_version, time.time_ns() // 1_000_000)
 
     def on_labels(self, labels: Sequence[Label]) -> None:
-        """Join labels to remembered rows; count them towards the next retraining."""
+        """Join labels to the rows this detector scored (labels of others' transactions find none)."""
         block = self.scored.join(labels)
         if block is not None:
             self._joined.append(block)
             self._joined_rows += len(block)
-        if self.policy is not None:
-            self.policy.observe(len(labels))
 
     def between_batches(self) -> None:
-        """Hand joined rows to the writer, read announcements, start a retraining when due; never waits."""
-        now = time.monotonic()
-        if self._joined_rows >= FLUSH_ROWS or (self._joined and now - self._last_flush >= FLUSH_EVERY_S):
+        """Hand joined rows to the writer and read announcements; never waits."""
+        if self._joined_rows >= FLUSH_ROWS or (
+            self._joined and time.monotonic() - self._last_flush >= FLUSH_EVERY_S
+        ):
             self._flush()
         self._poll_control()
-        if self.policy is not None and not self._job_active.is_set() and self.policy.due(now):
-            self._request_retrain(now)
 
     def on_stop(self) -> None:
         """Write what is joined, stop the background thread (killing a running retraining), close clients."""
@@ -456,18 +457,6 @@ class RetrainExtension(DetectExtension):
             "until it is released"
         )
         self.log(("warning: " if self.role == "trainer" else "") + message)
-
-    def _request_retrain(self, now: float) -> None:
-        assert self.policy is not None and self.lock is not None
-        labels = self.policy.labels_since
-        self.policy.started(now)
-        if not self.lock.try_acquire(self.instance_id):
-            self._lock_taken()
-            return
-        # Rows joined so far are written before the job reads the buffer (the queue is FIFO).
-        self._flush()
-        self._job_active.set()
-        self._tasks.put(("retrain", self.holder.model.version, self._spec_dict, labels))
 
     def _open_control_reader(self) -> Consumer:
         from fraudkit import kafka
@@ -532,10 +521,13 @@ class RetrainExtension(DetectExtension):
                     self.log(f"retraining: {task[0]} failed: {type(exc).__name__}: {exc}")
                     if task[0] == "write":
                         self.stats.write_errors += 1
-                    elif task[0] == "retrain":
-                        self._job_active.clear()
-            if self._job is not None:
-                self._check_job()
+            try:
+                if self._job is not None:
+                    self._check_job()
+                if self.policy is not None:
+                    self._tick()
+            except Exception as exc:
+                self.log(f"retraining: {type(exc).__name__}: {exc}; the current model keeps serving")
         if self._job is not None:
             self._job.kill()
             self._job = None
@@ -550,16 +542,35 @@ class RetrainExtension(DetectExtension):
             self.stats.buffer_rows = buffer.rows()
         elif kind == "load":
             self._load_and_offer(task[1], task[2])
-        elif kind == "retrain":
-            champion, spec_dict, labels = task[1], task[2], task[3]
-            self._job = RetrainJob.launch(
-                self.config, spec_dict, champion, self.instance_id, self.worker_command
-            )
-            self.stats.jobs += 1
-            self.log(
-                f"retraining started after {labels:,} new labels: {self.stats.buffer_rows:,} labelled rows in "
-                f"the buffer, champion {champion} (process {self._job.process.pid})"
-            )
+
+    def _tick(self) -> None:
+        """Count new labelled rows in the shared buffer (every detector's files); start a job when due."""
+        assert self.policy is not None and self.lock is not None
+        now = time.monotonic()
+        if now < self._next_scan:
+            return
+        self._next_scan = now + SCAN_EVERY_S
+        files = self.buffer.files()
+        names = {item.path.name for item in files}
+        self.policy.observe(sum(item.rows for item in files if item.path.name not in self._seen_files))
+        self._seen_files = names
+        self.stats.buffer_rows = sum(item.rows for item in files)
+        if self._job is not None or not self.policy.due(now):
+            return
+        new_rows = self.policy.labels_since
+        self.policy.started(now)
+        if not self.lock.try_acquire(self.instance_id):
+            self._lock_taken()
+            return
+        champion = self.holder.model.version
+        self._job = RetrainJob.launch(
+            self.config, self._spec_dict, champion, self.instance_id, self.worker_command
+        )
+        self.stats.jobs += 1
+        self.log(
+            f"retraining started after {new_rows:,} new labelled rows: {self.stats.buffer_rows:,} in the buffer, "
+            f"champion {champion} (process {self._job.process.pid})"
+        )
 
     def _load_and_offer(self, version: str, trainer: Any) -> None:
         from fraudkit.errors import ModelError
@@ -586,10 +597,7 @@ class RetrainExtension(DetectExtension):
         if result is None:
             return
         self._job = None
-        try:
-            self._conclude(job, result)
-        finally:
-            self._job_active.clear()
+        self._conclude(job, result)
 
     def _conclude(self, job: RetrainJob, result: dict[str, Any]) -> None:
         outcome = str(result.get("outcome", "failed"))

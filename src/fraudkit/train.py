@@ -203,7 +203,6 @@ def fit(
 
     `table` needs transaction_id, event_time_ms, card_id (may be null), label and the features.
     """
-
     names = list(feature_names)
     missing = [n for n in [*names, "label", "event_time_ms", "transaction_id"] if n not in table.columns]
     if missing:
@@ -290,7 +289,6 @@ def _fit(
         if stale >= train_cfg.patience:
             break
     assert best_state is not None
-    network.load_state_dict(best_state)
     model_state = state_to_numpy(best_state)
     # Score with the artifact's own scoring path so threshold and metrics match what will be served.
     served = LoadedModel.from_state(model_state, names, normalisation, 0.5, train_cfg.hidden_sizes)

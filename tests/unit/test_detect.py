@@ -307,6 +307,7 @@ class FakeConsumer:
         self.before_batch: dict[int, Callable[[FakeConsumer], None]] = {}
         self.on_revoke: Any = None
         self.topic = ""
+        self.producer: FakeProducer | None = None
 
     def subscribe(self, topics: list[str], on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
         self.topic = topics[0]
@@ -322,6 +323,8 @@ class FakeConsumer:
         return self.batches.pop(0)
 
     def commit(self, offsets: list[Any], asynchronous: bool) -> None:
+        # What matters: nothing produced before a commit may still be unacknowledged.
+        assert self.producer is not None and not self.producer.outstanding, "commit before delivery"
         self.events.append(("commit", {tp.partition: tp.offset for tp in offsets}, asynchronous))
 
     def list_topics(self, topic: str, timeout: float) -> Metadata:
@@ -344,13 +347,18 @@ class FakeConsumer:
 
 
 class FakeProducer:
-    """Records produce calls; flush 'delivers' them, failing the ones whose topic is in `failing`."""
+    """Records produce calls; flush, or poll when `acks_on_poll`, 'delivers' them (failing the
+    ones whose topic is in `failing`)."""
 
     def __init__(self, events: list[tuple[Any, ...]], failing: set[str] | None = None) -> None:
         self.events = events
         self.failing = failing or set()
         self.outstanding: list[tuple[str, Any]] = []
         self.produced: list[tuple[str, bytes | None, Any, Any]] = []
+        self.acks_on_poll = False
+
+    def __len__(self) -> int:
+        return len(self.outstanding)
 
     def produce(
         self, topic: str, value: bytes | None, key: Any, headers: Any = None, on_delivery: Any = None
@@ -359,16 +367,22 @@ class FakeProducer:
         self.produced.append((topic, value, key, headers))
         self.outstanding.append((topic, on_delivery))
 
-    def flush(self, timeout: float = 0) -> int:
+    def _deliver(self) -> int:
         for topic, callback in self.outstanding:
             if topic in self.failing:
                 error = type("Error", (), {"str": lambda self: "broker down"})()
                 callback(error, FakeMessage(topic, 0, 0, None, None))
-        self.events.append(("flush", len(self.outstanding)))
+        delivered = len(self.outstanding)
         self.outstanding = []
+        return delivered
+
+    def flush(self, timeout: float = 0) -> int:
+        self.events.append(("flush", self._deliver()))
         return 0
 
     def poll(self, timeout: float) -> int:
+        if self.acks_on_poll:
+            self.events.append(("acks", self._deliver()))
         return 0
 
     def init_transactions(self, timeout: float) -> None:
@@ -400,6 +414,7 @@ def scripted_loop(
     consumer = FakeConsumer(events, batches)
     labels = FakeConsumer([], [])
     producer = FakeProducer(events, failing)
+    consumer.producer = producer
     consumers = iter([consumer, labels])
     monkeypatch.setattr(kafka, "make_consumer", lambda *args, **kwargs: next(consumers))
     monkeypatch.setattr(kafka, "make_producer", lambda *args, **kwargs: producer)
@@ -425,21 +440,19 @@ def test_offsets_are_committed_only_after_the_batch_outputs_are_delivered(
 ) -> None:
     first = batch([(0, 0), (0, 1), (1, 0)])
     second = [*batch([(1, 1)], amount=900.0), FakeMessage("transactions", 0, 2, b"{broken", b"k")]
-    loop, _, producer, events = scripted_loop(tmp_path, monkeypatch, [first, second])
+    third = batch([(0, 3)])
+    loop, _, producer, events = scripted_loop(tmp_path, monkeypatch, [first, second, third])
     loop.last_activity = float("inf")  # bounded by max_transactions below
-    loop.options.max_transactions = 5
+    loop.options.max_transactions = 6
     summary = loop.run()
 
-    assert (summary.consumed, summary.verdicts, summary.fraud, summary.dead_letters) == (5, 4, 1, 1)
-    commits = [(i, e) for i, e in enumerate(events) if e[0] == "commit"]
-    assert [e[1] for _, e in commits] == [{0: 2, 1: 1}, {0: 3, 1: 2}]
-    assert commits[-1][1][2] is False  # the final commit waits for the broker
-    for position, _ in commits:
-        last_produce = max(i for i, e in enumerate(events[:position]) if e[0] == "produce")
-        flushes = [e for e in events[last_produce:position] if e[0] == "flush"]
-        assert flushes, "a commit without waiting for the deliveries before it"
+    assert (summary.consumed, summary.verdicts, summary.fraud, summary.dead_letters) == (6, 5, 1, 1)
+    # Nothing is acknowledged before the end (acks only on flush): one final, blocking commit
+    # of everything; FakeConsumer.commit checks nothing is outstanding at that moment.
+    commits = [e for e in events if e[0] == "commit"]
+    assert commits == [("commit", {0: 4, 1: 2}, False)]
     topics = [p[0] for p in producer.produced]
-    assert topics.count(loop.topics.verdicts) == 4 and topics.count(loop.topics.fraud) == 1
+    assert topics.count(loop.topics.verdicts) == 5 and topics.count(loop.topics.fraud) == 1
     letter = next(p for p in producer.produced if p[0] == loop.topics.dead_letter)
     assert letter[1] == b"{broken" and letter[2] == b"k"
     assert dict(letter[3]) == {
@@ -449,6 +462,23 @@ def test_offsets_are_committed_only_after_the_batch_outputs_are_delivered(
         "source_offset": "2",
     }
     assert letter[3][0][1].startswith("not valid JSON")
+
+
+def test_acknowledged_batches_are_committed_without_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = [batch([(0, 0), (1, 0)]), batch([(0, 1)]), batch([(1, 1)])]
+    loop, _, producer, events = scripted_loop(tmp_path, monkeypatch, batches)
+    producer.acks_on_poll = True  # acknowledgements arrive while the next batch is scored
+    loop.last_activity = float("inf")
+    loop.options.max_transactions = 4
+    loop.run()
+    commits = [e for e in events if e[0] == "commit"]
+    # Before batch 2 and 3 are produced, the earlier ones are committed asynchronously (no flush).
+    assert commits[:2] == [("commit", {0: 1, 1: 1}, True), ("commit", {0: 2}, True)]
+    assert commits[-1] == ("commit", {1: 2}, False)
+    first_commit = events.index(commits[0])
+    assert ("flush", 2) not in events[:first_commit]
 
 
 def test_a_failed_delivery_stops_the_loop_without_committing(
@@ -477,6 +507,7 @@ def test_revocation_commits_the_batch_in_flight_first(
     loop.run()
     revoked = events.index(("revoke",))
     assert events[revoked + 1 : revoked + 3] == [("flush", 2), ("commit", {0: 1}, False)]
+    assert events.index(("produce", loop.topics.verdicts), revoked) > revoked + 2
     assert loop.assigned == {1}
 
 
@@ -518,3 +549,26 @@ def test_extensions_see_scored_batches_and_can_swap_the_model(
     assert summary.model_swaps >= 1
     # The second batch was scored by the swapped-in rule (amount 10 > 1): fraud.
     assert summary.fraud == 1
+
+
+def test_rules_model_needs_no_registry(config: FraudkitConfig) -> None:
+    from fraudkit.detect import load_holder
+
+    holder = load_holder(config, "rules")
+    assert holder.model.version == "rules" and "amount" in holder.spec.names
+    assert holder.features.spec is holder.spec
+
+
+def test_a_missing_model_fails_with_exit_4_before_any_broker_wait(
+    config: FraudkitConfig, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from fraudkit.cli import app
+
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(orjson.dumps(config.model_dump(mode="json")).decode())
+    result = CliRunner().invoke(app, ["detect", "--config", str(config_path), "--json"])
+    assert result.exit_code == 4
+    assert "error: no current model in" in result.stderr
+    assert "waiting for Kafka" not in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import threading
 from pathlib import Path
@@ -186,12 +187,32 @@ def test_current_pointer_is_replaced_atomically(tmp_path: Path, monkeypatch: pyt
         raise OSError("disk full")
 
     monkeypatch.setattr("fraudkit.registry.os.replace", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ModelError, match=r"cannot switch .*current to v2: disk full"):
         registry.promote("v2")
     monkeypatch.undo()
     # The old pointer is intact and no temporary file is left behind.
     assert registry.current_version() == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "current", "v1", "v2"]
+
+
+def test_a_failed_publish_leaves_no_half_written_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry(tmp_path)
+    publish(registry)
+    real_replace = os.replace
+
+    def fail_on_checksum(source: str, target: Any) -> None:
+        if str(target).endswith("checksum"):
+            raise OSError(28, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr("fraudkit.registry.os.replace", fail_on_checksum)
+    with pytest.raises(ModelError, match=r"cannot write model v2 .*No space left on device"):
+        publish(registry, 1)
+    monkeypatch.undo()
+    assert registry.versions() == ["v1"]
+    assert publish(registry, 1) == "v2"
 
 
 def test_corrupt_current_pointer_is_a_model_error(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,10 @@ def overridden(config: FraudkitConfig, overrides: dict[str, Any]) -> FraudkitCon
 def transactions(start: int, count: int) -> list[Transaction]:
     return [
         Transaction(
-            transaction_id=f"tx-{i:05d}", event_time_ms=START_MS + i * 1000, card_id=f"card-{i % 7}", amount=float(i)
+            transaction_id=f"tx-{i:05d}",
+            event_time_ms=START_MS + i * 1000,
+            card_id=f"card-{i % 7}",
+            amount=float(i),
         )
         for i in range(start, start + count)
     ]
@@ -156,7 +159,7 @@ def test_buffer_files_round_trip_and_are_shared_by_detectors(tmp_path: Path) -> 
     (first.directory / ".half-written.parquet.tmp").write_bytes(b"partial")
 
     assert first.directory == buffer_directory(tmp_path, spec)
-    assert [item.detector for item in first.files()] == ["host_1", "host_2"]
+    assert [item.detector for item in first.files()] == ["host-1", "host_2"]
     assert [item.rows for item in first.files()] == [30, 20]
     assert second.rows() == 50
     frame = first.read_frame()
@@ -234,7 +237,9 @@ def test_control_message_has_the_documented_fields_and_no_nan() -> None:
     assert {"schema", "type", "version", "metrics", "champion_metrics", "at_ms", "trainer"} <= set(message)
     assert message["schema"] == 1 and message["type"] == "model_published" and message["version"] == "v4"
     assert message["metrics"]["roc_auc"] is None
-    assert outcome_summary(message) == "v4 published: average_precision 0.8000 vs v3 0.6000 on 400 held-out rows"
+    assert (
+        outcome_summary(message) == "v4 published: average_precision 0.8000 vs v3 0.6000 on 400 held-out rows"
+    )
     failed = control_message(RETRAIN_FAILED, trainer="t-1", error="boom", champion_version="v3")
     assert outcome_summary(failed) == "retraining failed (boom); v3 keeps serving"
 
@@ -264,7 +269,7 @@ def test_decide_needs_more_than_the_minimum_improvement() -> None:
 class ConstantModel:
     version = "v1"
     threshold = 0.5
-    feature_names = ["amount", "noise"]
+    feature_names: ClassVar[list[str]] = ["amount", "noise"]
 
     def score(self, X: np.ndarray) -> np.ndarray:
         return np.full(len(X), 0.2)
@@ -331,8 +336,10 @@ def test_a_diverging_training_fails(contest_config: FraudkitConfig) -> None:
 
 
 def test_a_holdout_without_fraud_cannot_judge(contest_config: FraudkitConfig) -> None:
-    with pytest.raises(RetrainFailed, match="400 most recent labelled rows .* hold 0 fraud"):
-        run_contest(learnable_table(fraud_in_holdout=False), ["amount", "noise"], contest_config, ConstantModel())
+    with pytest.raises(RetrainFailed, match=r"400 most recent labelled rows .* hold 0 fraud"):
+        run_contest(
+            learnable_table(fraud_in_holdout=False), ["amount", "noise"], contest_config, ConstantModel()
+        )
 
 
 # -- the retraining process handle ----------------------------------------------------------------
@@ -361,7 +368,9 @@ def test_job_returns_the_result_the_process_wrote(config: FraudkitConfig) -> Non
 
     result = wait_result(job)
 
-    assert result["outcome"] == "rejected" and result["version"] == "v9" and result["champion_version"] == "v3"
+    assert (
+        result["outcome"] == "rejected" and result["version"] == "v9" and result["champion_version"] == "v3"
+    )
     assert result["seconds"] > 0
     assert not job.directory.exists()
 
@@ -378,7 +387,9 @@ def test_a_crashed_process_is_a_failure_with_its_output(config: FraudkitConfig) 
 
 def test_a_job_past_its_timeout_is_killed_and_fails(config: FraudkitConfig) -> None:
     config = overridden(config, {"retrain.job_timeout_s": 0.5})
-    job = RetrainJob.launch(config, SPEC, "v3", "t-1", command=[sys.executable, "-c", "import time; time.sleep(60)"])
+    job = RetrainJob.launch(
+        config, SPEC, "v3", "t-1", command=[sys.executable, "-c", "import time; time.sleep(60)"]
+    )
 
     result = wait_result(job)
 

@@ -85,7 +85,7 @@ def train(
     set_: SetOption = None,
 ) -> None:
     """Train the MLP on a dataset (Spark features, time-based protocol) and publish it to the registry."""
-    from fraudkit.train import train_from_dataset
+    from fraudkit.train import parse_time_ms, train_from_dataset
 
     cfg = load(
         config,
@@ -98,6 +98,9 @@ def train(
         train__epochs=epochs,
         train__seed=seed,
     )
+    # Bad times fail before the Spark session starts (seconds).
+    parse_time_ms(cfg.train.train_from, "train.train_from")
+    parse_time_ms(cfg.train.train_to, "train.train_to")
     quiet = json_output
     with _TrainProgress(cfg.train.epochs, live=stdout_is_terminal() and not quiet, quiet=quiet) as progress:
         report = train_from_dataset(
@@ -151,6 +154,8 @@ class _TrainProgress:
         if self._progress is None:
             console.print(text, markup=False, highlight=False)
             return
+        # Finished stages stay on screen as lines; the spinner shows the running one.
+        self._progress.console.print(text, markup=False, highlight=False)
         if self._task is None:
             self._task = self._progress.add_task(text, total=None, detail="")
         else:
@@ -216,8 +221,11 @@ def _print_train_report(report: TrainReport, top_k: int) -> None:
     console.print(table)
     console.print(report.windows.describe(), markup=False, highlight=False)
     if report.dropped_features:
-        dropped = ", ".join(f"{name} ({why})" for name, why in report.dropped_features.items())
-        console.print(f"features left out: {dropped}", markup=False, highlight=False)
+        by_reason: dict[str, list[str]] = {}
+        for name, why in report.dropped_features.items():
+            by_reason.setdefault(why, []).append(name)
+        for why, names in by_reason.items():
+            console.print(f"left out ({why}): {', '.join(names)}", markup=False, highlight=False)
     timing = report.timings
     console.print(
         f"{len(report.feature_names)} features; features {timing.get('features_s', 0):.1f} s, "
@@ -258,6 +266,8 @@ def evaluate(
 ) -> None:
     """Score rows in [--from, --to) with a model, the amount rule and a logistic regression."""
     from fraudkit.evaluate import evaluate_model
+    from fraudkit.registry import Registry
+    from fraudkit.train import parse_time_ms
 
     cfg = load(
         config,
@@ -271,14 +281,19 @@ def evaluate(
         if not json_output:
             console.print(text, markup=False, highlight=False)
 
+    # Bad times or a missing/corrupt model fail before the Spark session starts (seconds).
+    from_ms = parse_time_ms(from_time, "--from")
+    to_ms = parse_time_ms(to_time, "--to")
+    if model != "rules":
+        Registry(cfg.registry.path).show(model)
     report = evaluate_model(
         cfg,
         cfg.data.path,
         model,
         cfg.data.dataset,
         _spark(cfg),
-        from_time=from_time,
-        to_time=to_time,
+        from_time=from_ms,
+        to_time=to_ms,
         predictions_out=predictions_out,
         plot_dir=plot,
         stage=stage,

@@ -1,0 +1,448 @@
+"""Live retraining against the embedded broker, with the real retraining process (Spark + PyTorch).
+
+The stream is learnable on purpose (fraud exactly when amount >= 900) and the first model scores
+everything alike, so a trained challenger beats it; `min_improvement` and a diverging learning rate
+make the rejected and failed outcomes deterministic.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import orjson
+import pytest
+
+from fraudkit import kafka
+from fraudkit.config import FeaturesConfig, FraudkitConfig
+from fraudkit.detect import DetectSummary, run_detect
+from fraudkit.features import FeatureSpec
+from fraudkit.label_buffer import LabelBuffer
+from fraudkit.model import Normalisation
+from fraudkit.registry import Registry
+from fraudkit.retrain import RetrainExtension
+from fraudkit.schema import Label, Transaction, encode
+
+pytestmark = [pytest.mark.kafka, pytest.mark.spark, pytest.mark.slow]
+
+START_MS = 1_767_225_600_000  # 2026-01-01
+FRAUD_FROM = 900.0
+
+
+class SimulatorFields:
+    has_card = True
+    has_terminal = True
+    has_location = True
+    has_country = True
+    passthrough: ClassVar[list[str]] = []
+
+
+def overridden(config: FraudkitConfig, overrides: dict[str, Any]) -> FraudkitConfig:
+    data = config.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return FraudkitConfig.model_validate(data)
+
+
+def publish_indifferent_model(config: FraudkitConfig) -> str:
+    """v1: the full simulator feature spec, the same score (0.12) for every transaction."""
+    spec = FeatureSpec.from_config(FeaturesConfig(), SimulatorFields())
+    width = len(spec.names)
+    state = {
+        "hidden.0.weight": np.zeros((4, width), dtype=np.float32),
+        "hidden.0.bias": np.zeros(4, dtype=np.float32),
+        "output.weight": np.zeros((1, 4), dtype=np.float32),
+        "output.bias": np.array([-2.0], dtype=np.float32),
+    }
+    return Registry(config.registry.path).publish(
+        state,
+        feature_names=spec.names,
+        hidden_sizes=[4],
+        normalisation=Normalisation(np.zeros(width), np.ones(width)),
+        threshold=0.5,
+        feature_spec=spec.to_dict(),
+    )
+
+
+def amount_of(index: int) -> float:
+    return float((index * 7919) % 1000)
+
+
+def transaction(index: int) -> Transaction:
+    return Transaction(
+        transaction_id=f"tx-{index:06d}",
+        event_time_ms=START_MS + index * 1000,
+        card_id=f"card-{index % 37:03d}",
+        amount=amount_of(index),
+        customer_id=f"cust-{index % 37:03d}",
+        terminal_id=f"term-{index % 11:03d}",
+        currency="EUR",
+        merchant_category="grocery",
+        country="DE",
+        lat=48.1,
+        lon=11.6,
+        produced_ms=int(time.time() * 1000),
+    )
+
+
+def truth(index: int) -> Label:
+    tx = transaction(index)
+    return Label(
+        transaction_id=tx.transaction_id,
+        event_time_ms=tx.event_time_ms,
+        label=int(tx.amount >= FRAUD_FROM),
+        card_id=tx.card_id,
+        terminal_id=tx.terminal_id,
+        labelled_ms=tx.event_time_ms + 7 * 86_400_000,
+    )
+
+
+def produce(config: FraudkitConfig, topic: str, records: list[Any]) -> None:
+    producer = kafka.make_producer(config)
+    for record in records:
+        kafka.produce(producer, topic, encode(record), key=record.card_id)
+    kafka.flush(producer)
+
+
+def read_all(config: FraudkitConfig, topic: str, quiet_s: float = 1.0) -> list[dict[str, Any]]:
+    """Every message of a topic from the beginning, read until `quiet_s` pass without one."""
+    reader = kafka.make_reader(config)
+    metadata = reader.list_topics(topic, timeout=10)
+    partitions = sorted(metadata.topics[topic].partitions)
+    reader.assign([kafka.TopicPartition(topic, p, kafka.OFFSET_BEGINNING) for p in partitions])
+    values: list[dict[str, Any]] = []
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < quiet_s:
+            for message in reader.consume(1000, 0.2):
+                if message.error() is None:
+                    values.append(orjson.loads(message.value()))
+                    last = time.monotonic()
+    finally:
+        reader.close()
+    return values
+
+
+class VerdictWatch:
+    """Counts verdicts as they arrive (a reader from the beginning of every partition)."""
+
+    def __init__(self, config: FraudkitConfig) -> None:
+        topic = config.topics.verdicts
+        self.reader = kafka.make_reader(config)
+        metadata = self.reader.list_topics(topic, timeout=10)
+        partitions = sorted(metadata.topics[topic].partitions)
+        self.reader.assign([kafka.TopicPartition(topic, p, kafka.OFFSET_BEGINNING) for p in partitions])
+        self.verdicts: list[dict[str, Any]] = []
+
+    def count(self) -> int:
+        for message in self.reader.consume(10_000, 0.1):
+            if message.error() is None:
+                self.verdicts.append(orjson.loads(message.value()))
+        return len(self.verdicts)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+
+
+@dataclass
+class Detector:
+    """A detector running in a thread with a retraining extension."""
+
+    extension: RetrainExtension
+    thread: threading.Thread
+    stop: threading.Event
+    logs: list[str] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> DetectSummary:
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the detector did not stop"
+        if "error" in self.result:
+            raise self.result["error"]
+        return self.result["summary"]
+
+
+@contextmanager
+def detector(config: FraudkitConfig, instance_id: str) -> Iterator[Detector]:
+    extension = RetrainExtension(config)
+    stop = threading.Event()
+    running = Detector(extension, threading.Thread(), stop)
+
+    def work() -> None:
+        try:
+            running.result["summary"] = run_detect(
+                config,
+                stop_event=stop,
+                instance_id=instance_id,
+                extensions=[extension],
+                on_log=running.logs.append,
+            )
+        except BaseException as exc:
+            running.result["error"] = exc
+
+    running.thread = threading.Thread(target=work, name=f"detect-{instance_id}", daemon=True)
+    running.thread.start()
+    try:
+        yield running
+    finally:
+        stop.set()
+        running.thread.join(60)
+
+
+@pytest.fixture
+def retrain_config(kafka_config: FraudkitConfig) -> FraudkitConfig:
+    config = overridden(
+        kafka_config,
+        {
+            "retrain.every_labels": 2000,
+            "retrain.epochs": 2,
+            "train.batch_size": 128,
+            "train.learning_rate": 0.01,
+            "train.hidden_sizes": [16],
+            "detect.batch_size": 500,
+            "detect.quiet": True,
+        },
+    )
+    publish_indifferent_model(config)
+    kafka.ensure_topics(config)
+    return config
+
+
+def score_then_label(config: FraudkitConfig, watch: VerdictWatch, indices: range) -> None:
+    """Produce transactions, wait for their verdicts, then produce their labels (labels come later)."""
+    already = watch.count()
+    produce(config, config.topics.transactions, [transaction(i) for i in indices])
+    wait_for(lambda: watch.count() >= already + len(indices), 60, f"{len(indices)} verdicts")
+    produce(config, config.topics.labels, [truth(i) for i in indices])
+
+
+def control_events(config: FraudkitConfig) -> list[dict[str, Any]]:
+    return read_all(config, config.topics.control)
+
+
+def test_a_better_challenger_is_published_and_swapped_in_without_a_gap(
+    retrain_config: FraudkitConfig,
+) -> None:
+    config = retrain_config
+    watch = VerdictWatch(config)
+    keep_producing = threading.Event()
+    produced: list[int] = []
+
+    def stream(start: int) -> None:
+        producer = kafka.make_producer(config)
+        index = start
+        while keep_producing.is_set():
+            for i in range(index, index + 20):
+                kafka.produce(
+                    producer, config.topics.transactions, encode(transaction(i)), key=f"card-{i % 37:03d}"
+                )
+            kafka.flush(producer)
+            produced.extend(range(index, index + 20))
+            index += 20
+            time.sleep(0.1)
+
+    with detector(config, "trainer-a") as running:
+        score_then_label(config, watch, range(2000))
+        # Transactions keep coming while the challenger trains and is swapped in.
+        keep_producing.set()
+        streamer = threading.Thread(target=stream, args=(10_000,), daemon=True)
+        streamer.start()
+        wait_for(lambda: running.extension.stats.last is not None, 150, "a retraining outcome")
+        assert running.extension.stats.published == 1, running.extension.stats.last
+        wait_for(lambda: watch.count() > 0 and watch.verdicts[-1]["model_version"] == "v2", 30, "v2 verdicts")
+        time.sleep(1.0)
+        keep_producing.clear()
+        streamer.join(10)
+        total = 2000 + len(produced)
+        wait_for(lambda: watch.count() >= total, 60, "every verdict")
+    summary = running.summary
+    watch.close()
+
+    stats = running.extension.stats
+    assert (stats.jobs, stats.published, stats.rejected, stats.failed) == (1, 1, 0, 0), stats.last
+    event = stats.last
+    assert event is not None and event["type"] == "model_published" and event["version"] == "v2"
+    assert event["rows"] == {"window": 2000, "train": 1280, "valid": 320, "holdout": 400}
+    assert event["metrics"]["average_precision"] > event["champion_metrics"]["average_precision"]
+    assert event["champion_version"] == "v1"
+    assert summary.model_versions == ["v1", "v2"]
+    assert summary.retrains == 1 and summary.last_retrain is not None
+    assert summary.last_retrain["version"] == "v2"
+
+    registry = Registry(config.registry.path)
+    assert registry.current_version() == "v2"
+    manifest = registry.show("v2")
+    assert manifest["status"] == "published"
+    assert manifest["training"]["champion_version"] == "v1"
+    assert manifest["metrics"]["average_precision"] == pytest.approx(event["metrics"]["average_precision"])
+
+    # Every transaction has exactly one verdict across the switch, and the switch happens once.
+    ids = Counter(v["transaction_id"] for v in watch.verdicts)
+    expected = {transaction(i).transaction_id for i in [*range(2000), *produced]}
+    assert set(ids) == expected
+    assert max(ids.values()) == 1
+    versions = [
+        v["model_version"]
+        for v in sorted(watch.verdicts, key=lambda v: (v["verdict_ms"], v["model_version"]))
+    ]
+    switch = versions.index("v2")
+    assert set(versions[:switch]) == {"v1"} and set(versions[switch:]) == {"v2"}
+    assert switch >= 2000 and len(versions) - switch > 0
+
+    announcements = control_events(config)
+    assert [(a["type"], a["version"], a["trainer"]) for a in announcements] == [
+        ("model_published", "v2", "trainer-a")
+    ]
+    assert announcements[0]["metrics"]["average_precision"] == pytest.approx(
+        event["metrics"]["average_precision"]
+    )
+
+
+def test_a_challenger_that_is_not_better_is_recorded_as_rejected(retrain_config: FraudkitConfig) -> None:
+    config = overridden(retrain_config, {"retrain.min_improvement": 10.0})
+    watch = VerdictWatch(config)
+    with detector(config, "trainer-r") as running:
+        score_then_label(config, watch, range(2000))
+        wait_for(
+            lambda: running.extension.stats.jobs > 0 and running.extension.stats.last is not None,
+            150,
+            "an outcome",
+        )
+        score_then_label(config, watch, range(5000, 5300))
+    summary = running.summary
+    watch.close()
+
+    event = running.extension.stats.last
+    assert event is not None and event["type"] == "model_rejected", event
+    assert event["version"] == "v2"
+    assert "not better by more than 10" in event["reason"]
+    assert 0 < event["champion_metrics"]["average_precision"] < event["metrics"]["average_precision"]
+    registry = Registry(config.registry.path)
+    assert registry.current_version() == "v1"
+    manifest = registry.show("v2")
+    assert manifest["status"] == "rejected"
+    assert manifest["reason"] == event["reason"]
+    assert manifest["training"]["champion_metrics"]["average_precision"] == pytest.approx(
+        event["champion_metrics"]["average_precision"]
+    )
+    assert summary.model_versions == ["v1"] and summary.retrains == 1
+    assert {v["model_version"] for v in watch.verdicts} == {"v1"}
+    assert len(watch.verdicts) == 2300
+    assert [a["type"] for a in control_events(config)] == ["model_rejected"]
+
+
+def test_a_diverging_training_run_fails_and_the_current_model_keeps_serving(
+    retrain_config: FraudkitConfig,
+) -> None:
+    config = overridden(retrain_config, {"train.learning_rate": 1e30})
+    watch = VerdictWatch(config)
+    with detector(config, "trainer-f") as running:
+        score_then_label(config, watch, range(2000))
+        wait_for(lambda: running.extension.stats.last is not None, 150, "an outcome")
+        score_then_label(config, watch, range(5000, 5300))
+    summary = running.summary
+    watch.close()
+
+    stats = running.extension.stats
+    assert (stats.jobs, stats.failed, stats.published) == (1, 1, 0)
+    event = stats.last
+    assert event is not None and event["type"] == "retrain_failed"
+    assert event["error"].startswith("training diverged: the loss is nan at epoch 1/2")
+    assert event["version"] is None
+    assert any(
+        "retraining failed (training diverged" in line and "v1 keeps serving" in line for line in running.logs
+    )
+    assert Registry(config.registry.path).versions() == ["v1"]
+    assert summary.model_versions == ["v1"] and summary.retrains == 1
+    assert summary.last_retrain is not None and summary.last_retrain["type"] == "retrain_failed"
+    assert {v["model_version"] for v in watch.verdicts} == {"v1"} and len(watch.verdicts) == 2300
+    assert [a["type"] for a in control_events(config)] == ["retrain_failed"]
+
+
+def test_the_label_buffer_survives_a_detector_restart(retrain_config: FraudkitConfig) -> None:
+    config = overridden(retrain_config, {"retrain.every_labels": 1_000_000})
+    watch = VerdictWatch(config)
+    with detector(config, "before-restart") as first:
+        score_then_label(config, watch, range(1000))
+        wait_for(lambda: first.extension.scored.matched == 1000, 30, "1000 joined labels")
+    assert first.summary.labels == 1000
+    spec = Registry(config.registry.path).load("v1").manifest["feature_spec"]
+    buffer = LabelBuffer.for_spec(config.retrain.buffer_path, spec, "reader", config.retrain.buffer_max_rows)
+    assert buffer.rows() == 1000
+
+    with detector(config, "after-restart") as second:
+        wait_for(lambda: any("label buffer" in line for line in second.logs), 30, "the buffer to load")
+        assert second.extension.stats.buffer_rows == 1000
+        score_then_label(config, watch, range(1000, 1500))
+        wait_for(lambda: second.extension.scored.matched == 500, 30, "500 joined labels")
+    assert second.summary.verdicts == 500
+    watch.close()
+
+    assert any("1,000 labelled rows in 1 file(s)" in line for line in second.logs)
+    frame = buffer.read_frame()
+    assert frame["transaction_id"].tolist() == [transaction(i).transaction_id for i in range(1500)]
+    assert frame["label"].tolist() == [truth(i).label for i in range(1500)]
+    assert frame["amount"].tolist() == [amount_of(i) for i in range(1500)]
+    assert Counter(frame["detector"]) == {"before-restart": 1000, "after-restart": 500}
+    assert set(frame["model_version"]) == {"v1"}
+
+
+def test_two_detectors_swap_on_one_announcement(retrain_config: FraudkitConfig) -> None:
+    trainer_config = overridden(retrain_config, {"retrain.role": "trainer", "retrain.every_labels": 3000})
+    scorer_config = overridden(trainer_config, {"retrain.role": "scorer"})
+    watch = VerdictWatch(retrain_config)
+    with detector(trainer_config, "trainer-t") as trainer, detector(scorer_config, "scorer-s") as scorer:
+        wait_for(
+            lambda: sum(1 for line in trainer.logs + scorer.logs if "assigned partitions" in line) >= 2,
+            30,
+            "both detectors to get partitions",
+        )
+        time.sleep(3)  # let the group settle
+        score_then_label(retrain_config, watch, range(3000))
+        wait_for(lambda: trainer.extension.stats.last is not None, 150, "an outcome")
+        assert trainer.extension.stats.last["type"] == "model_published", trainer.extension.stats.last
+        wait_for(lambda: scorer.extension.stats.published == 1, 30, "the scorer to hear the announcement")
+        time.sleep(1.0)
+        before = watch.count()
+        produce(
+            retrain_config, retrain_config.topics.transactions, [transaction(i) for i in range(8000, 8600)]
+        )
+        wait_for(lambda: watch.count() >= before + 600, 60, "verdicts after the swap")
+    trainer_summary, scorer_summary = trainer.summary, scorer.summary
+    watch.close()
+
+    assert trainer.extension.stats.jobs == 1 and scorer.extension.stats.jobs == 0
+    # The trainer counted both detectors' rows in the shared buffer and trained on all of them.
+    assert trainer.extension.stats.last["rows"]["window"] == 3000
+    assert scorer.extension.stats.swaps_announced == 1
+    assert trainer_summary.model_versions == ["v1", "v2"] and scorer_summary.model_versions == ["v1", "v2"]
+    after = [v for v in watch.verdicts if v["transaction_id"] >= "tx-008000"]
+    assert len(after) == 600
+    assert {v["model_version"] for v in after} == {"v2"}
+    assert {v["detector"] for v in after} == {"trainer-t", "scorer-s"}
+    # Both detectors' labelled rows went into the one shared buffer.
+    spec = Registry(retrain_config.registry.path).load("v1").manifest["feature_spec"]
+    buffer = LabelBuffer.for_spec(retrain_config.retrain.buffer_path, spec, "reader", 10**6)
+    assert {item.detector for item in buffer.files()} == {"trainer-t", "scorer-s"}
+    assert buffer.rows() == 3000
+    assert [a["type"] for a in control_events(retrain_config)] == ["model_published"]
