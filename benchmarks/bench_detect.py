@@ -313,7 +313,7 @@ def latency(bootstrap: str, workdir: Path, rate: float, seconds: float) -> None:
         )
         p50, p99 = np.percentile(np.asarray(waited), [50, 99])
         print(f"  of which produced -> consumed by the detector: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
-    print("detector log:", *log_lines[-6:], sep="\n  ")
+    print("detector log:", *log_lines[-6 if summary["consumed"] else -60 :], sep="\n  ")
 
 
 def memory_per_card(customers: int, days: int) -> None:

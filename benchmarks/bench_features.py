@@ -171,7 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cards", type=int, default=5000)
     parser.add_argument("--terminals", type=int, default=2000)
-    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--days", type=int, default=40)
     parser.add_argument("--per-day", type=float, default=2.0, help="transactions per card per day")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--expire-every", type=int, default=100, help="batches between expire() calls")

@@ -44,7 +44,8 @@ LogCallback = Callable[[str], None]
 # Fraud rows are explained (a backward pass); cap the cost of a pathological all-fraud batch.
 MAX_EXPLAINED_PER_BATCH = 500
 EXPIRE_EVERY_S = 5.0
-# A detector that never gets partitions still stops under --until-idle, after the join grace.
+# --until-idle waits this much longer while the detector owns no partitions (joining, rebalancing),
+# so a slow group join is not mistaken for an empty topic.
 JOIN_GRACE_S = 10.0
 FIRST_CONNECT_S = 1.0
 LABELS_PER_POLL = 5000
@@ -437,18 +438,16 @@ class _DetectLoop:
         self.producer: Producer = kafka.make_producer(config, **self._producer_settings())
         self.labels_consumer: Consumer | None = None
         self.in_transaction = False
+        self.closing = False
 
     # -- set-up -------------------------------------------------------------------------------
 
     def _producer_settings(self) -> dict[str, Any]:
         settings: dict[str, Any] = {
-            # Successful deliveries are confirmed by flush() reaching zero; only failures call back.
+            # Success is proven by an empty producer queue (see _settle); only failures call back.
             "delivery.report.only.error": True,
             "client.id": f"fraudkit-detect-{self.instance_id}",
         }
-        configured = self.config.kafka.producer
-        if "linger.ms" not in configured and "queue.buffering.max.ms" not in configured:
-            settings["linger.ms"] = 2
         if self.options.exactly_once:
             settings["transactional.id"] = f"{self.detect.transactional_id}-{self.instance_id}"
             settings["enable.idempotence"] = True
@@ -482,7 +481,7 @@ class _DetectLoop:
         self.started = started
         deadline = started + options.duration_s if options.duration_s else None
         remaining = options.max_transactions
-        self.last_activity = started + JOIN_GRACE_S
+        self.last_activity = started
         self.first_batch_at: float | None = None
         self.last_batch_at = started
         self._status_at = started
@@ -512,6 +511,8 @@ class _DetectLoop:
             gc.freeze()
             gc.set_threshold(max(gc_thresholds[0], 20_000), gc_thresholds[1], gc_thresholds[2])
             reason = "stopped"
+            # Idle time counts from here: set-up (the collection above) is not idleness.
+            self.last_activity = max(self.last_activity, time.monotonic())
             while True:
                 if self.stop.is_set():
                     reason = "stopped"
@@ -523,7 +524,7 @@ class _DetectLoop:
                 if remaining is not None and remaining <= 0:
                     reason = "max_transactions"
                     break
-                if options.until_idle_s is not None and now - self.last_activity >= options.until_idle_s:
+                if options.until_idle_s is not None and self._idle_s(now) >= options.until_idle_s:
                     reason = "idle"
                     break
                 for extension in self.extensions:
@@ -567,6 +568,7 @@ class _DetectLoop:
             elif not failed:
                 self._settle(block=True)
         finally:
+            self.closing = True
             # Closing after a broker failure must not mask that failure.
             with contextlib.suppress(Exception):
                 self.consumer.close()
@@ -857,6 +859,10 @@ class _DetectLoop:
 
     # -- rebalances and errors ----------------------------------------------------------------
 
+    def _idle_s(self, now: float) -> float:
+        """Seconds without a transaction, not counting the join grace while no partitions are ours."""
+        return now - self.last_activity - (0.0 if self.assigned else JOIN_GRACE_S)
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update(p.partition for p in partitions)
         self.last_activity = time.monotonic()
@@ -867,6 +873,9 @@ class _DetectLoop:
         # starts exactly after them.
         self._settle(block=True)
         self.assigned.difference_update(p.partition for p in partitions)
+        self.last_activity = time.monotonic()
+        if not self.closing:
+            self.log(f"revoked partitions {sorted(p.partition for p in partitions)} (rebalance)")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The partitions already belong to someone else: a commit would be refused. The outputs
@@ -874,6 +883,7 @@ class _DetectLoop:
         self.producer.flush(self.delivery_timeout_s)
         self.pending = None
         self.assigned.difference_update(p.partition for p in partitions)
+        self.last_activity = time.monotonic()
         self._note(f"lost partitions {sorted(p.partition for p in partitions)} (session timed out)")
 
     def _note(self, message: str) -> None:

@@ -226,6 +226,7 @@ def render_panel(status: DetectStatus) -> RenderableType:
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text
 
     overview = Table.grid(padding=(0, 2))
     overview.add_column(style="bold")
@@ -277,7 +278,7 @@ def render_panel(status: DetectStatus) -> RenderableType:
     if not status.quality:
         quality.add_row("-", "waiting for labels", "", "", "", "", "")
     parts: list[RenderableType] = [overview, quality]
-    parts.extend(f"[yellow]{note}[/yellow]" for note in status.notes[-3:])
+    parts.extend(Text(note, style="yellow") for note in status.notes[-3:])
     mode = "exactly-once" if status.exactly_once else "at-least-once"
     return Panel(
         Group(*parts),

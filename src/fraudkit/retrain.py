@@ -2,10 +2,10 @@
 process, champion/challenger outcomes and the control-topic announcements every detector swaps on.
 
 `RetrainExtension` plugs into the scoring loop through `DetectExtension` hooks. On the loop's
-thread it only does cheap work: remember scored rows, join arriving labels, poll the control
-topic without waiting, and decide that a retraining is due. One background thread per detector
-writes buffer files, loads announced models (`ModelHolder.offer`, swapped between batches) and
-supervises the retraining process (`fraudkit.retrain_worker`), so scoring never pauses.
+thread it only does cheap work: remember scored rows, join arriving labels and poll the control
+topic without waiting. One background thread per detector writes buffer files, loads announced
+models (`ModelHolder.offer`, swapped between batches) and, on the trainer, counts new rows in the
+buffer and supervises the retraining process (`fraudkit.retrain_worker`): scoring never pauses.
 
 Roles (`retrain.role`): every detector joins labels into the shared buffer and swaps on
 announcements. `scorer` never retrains. `all` and `trainer` retrain when they hold the trainer
@@ -164,7 +164,7 @@ class TrainerLock:
 
 
 class RetrainPolicy:
-    """When a retraining is due: every `every_labels` new labels, and/or every `every_seconds` with new ones."""
+    """When a retraining is due: every `every_labels` new labelled rows, and/or every `every_seconds` with new ones."""
 
     def __init__(self, every_labels: int, every_seconds: float | None, now: float) -> None:
         self.every_labels = every_labels
@@ -173,7 +173,7 @@ class RetrainPolicy:
         self.last_start = now
 
     def observe(self, labels: int) -> None:
-        """Count labels consumed since the last start."""
+        """Count new labelled rows since the last start."""
         self.labels_since += labels
 
     def due(self, now: float) -> bool:

@@ -122,3 +122,11 @@ def test_config_show_masks_secrets() -> None:
     assert "hunter2" not in text and "s3cret" not in text and "topsecret" not in text
     assert "/etc/key.pem" in text
     assert "postgresql://fraud:******@db:5432/fraud" in text
+
+
+def test_configuration_reference_is_current() -> None:
+    from fraudkit.config_reference import render_reference
+
+    assert Path("docs/configuration.md").read_text() == render_reference(), (
+        "regenerate: python -m fraudkit.config_reference > docs/configuration.md"
+    )

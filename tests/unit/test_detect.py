@@ -406,7 +406,9 @@ def scripted_loop(
     exactly_once: bool = False,
     failing: set[str] | None = None,
     extensions: list[DetectExtension] | None = None,
+    max_transactions: int | None = None,
 ) -> tuple[_DetectLoop, FakeConsumer, FakeProducer, list[tuple[Any, ...]]]:
+    """A loop over fake clients, bounded by max_transactions (else by a short idle time)."""
     config = FraudkitConfig.model_validate(
         {"registry": {"path": str(tmp_path)}, "detect": {"batch_size": 10}}
     )
@@ -420,9 +422,13 @@ def scripted_loop(
     monkeypatch.setattr(kafka, "make_producer", lambda *args, **kwargs: producer)
     spec = full_spec()
     holder = ModelHolder(rules(spec), spec)
-    options = DetectOptions(until_idle_s=0.2, exactly_once=exactly_once, instance_id="fake")
+    options = DetectOptions(
+        until_idle_s=None if max_transactions else 0.2,
+        max_transactions=max_transactions,
+        exactly_once=exactly_once,
+        instance_id="fake",
+    )
     loop = _DetectLoop(config, holder, options, threading.Event(), None, lambda _: None, extensions or [])
-    loop.last_activity = 0.0
     return loop, consumer, producer, events
 
 
@@ -441,9 +447,9 @@ def test_offsets_are_committed_only_after_the_batch_outputs_are_delivered(
     first = batch([(0, 0), (0, 1), (1, 0)])
     second = [*batch([(1, 1)], amount=900.0), FakeMessage("transactions", 0, 2, b"{broken", b"k")]
     third = batch([(0, 3)])
-    loop, _, producer, events = scripted_loop(tmp_path, monkeypatch, [first, second, third])
-    loop.last_activity = float("inf")  # bounded by max_transactions below
-    loop.options.max_transactions = 6
+    loop, _, producer, events = scripted_loop(
+        tmp_path, monkeypatch, [first, second, third], max_transactions=6
+    )
     summary = loop.run()
 
     assert (summary.consumed, summary.verdicts, summary.fraud, summary.dead_letters) == (6, 5, 1, 1)
@@ -468,10 +474,8 @@ def test_acknowledged_batches_are_committed_without_waiting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batches = [batch([(0, 0), (1, 0)]), batch([(0, 1)]), batch([(1, 1)])]
-    loop, _, producer, events = scripted_loop(tmp_path, monkeypatch, batches)
+    loop, _, producer, events = scripted_loop(tmp_path, monkeypatch, batches, max_transactions=4)
     producer.acks_on_poll = True  # acknowledgements arrive while the next batch is scored
-    loop.last_activity = float("inf")
-    loop.options.max_transactions = 4
     loop.run()
     commits = [e for e in events if e[0] == "commit"]
     # Before batch 2 and 3 are produced, the earlier ones are committed asynchronously (no flush).
@@ -495,9 +499,9 @@ def test_a_failed_delivery_stops_the_loop_without_committing(
 def test_revocation_commits_the_batch_in_flight_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    loop, consumer, _, events = scripted_loop(tmp_path, monkeypatch, [batch([(0, 0)]), batch([(1, 0)])])
-    loop.last_activity = float("inf")
-    loop.options.max_transactions = 2
+    loop, consumer, _, events = scripted_loop(
+        tmp_path, monkeypatch, [batch([(0, 0)]), batch([(1, 0)])], max_transactions=2
+    )
 
     def revoke(fake: FakeConsumer) -> None:
         fake.events.append(("revoke",))
@@ -514,7 +518,9 @@ def test_revocation_commits_the_batch_in_flight_first(
 def test_exactly_once_puts_outputs_and_offsets_in_one_transaction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    loop, _, _, events = scripted_loop(tmp_path, monkeypatch, [batch([(0, 5), (1, 7)])], exactly_once=True)
+    loop, _, _, events = scripted_loop(
+        tmp_path, monkeypatch, [batch([(0, 5), (1, 7)])], exactly_once=True, max_transactions=2
+    )
     loop.run()
     kinds = [e[0] for e in events]
     assert kinds[0] == "init_transactions"
@@ -540,10 +546,12 @@ def test_extensions_see_scored_batches_and_can_swap_the_model(
             self.holder.offer(RuleModel(1.0, spec.names))
 
     loop, _, _, _ = scripted_loop(
-        tmp_path, monkeypatch, [batch([(0, 0), (0, 1)]), batch([(0, 2)])], extensions=[Swapper()]
+        tmp_path,
+        monkeypatch,
+        [batch([(0, 0), (0, 1)]), batch([(0, 2)])],
+        extensions=[Swapper()],
+        max_transactions=3,
     )
-    loop.last_activity = float("inf")
-    loop.options.max_transactions = 3
     summary = loop.run()
     assert [s[:2] for s in seen] == [(2, 2), (1, 1)]
     assert summary.model_swaps >= 1

@@ -395,3 +395,27 @@ def test_a_job_past_its_timeout_is_killed_and_fails(config: FraudkitConfig) -> N
 
     assert result == {"outcome": "failed", "error": "timed out after 0.5s", "seconds": result["seconds"]}
     assert job.process.returncode is not None
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def test_detect_rejects_an_unknown_role_before_connecting(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fraudkit.cli import app
+
+    result = CliRunner().invoke(
+        app, ["detect", "--role", "boss", "--set", "kafka.common.bootstrap.servers=127.0.0.1:1"]
+    )
+
+    assert result.exit_code == 2
+    assert "retrain.role: must be 'all', 'scorer' or 'trainer' (command line)" in result.output
+
+
+def test_retrain_extensions_follow_retrain_enabled(config: FraudkitConfig) -> None:
+    from fraudkit.retrain import RetrainExtension, retrain_extensions
+
+    extensions = retrain_extensions(config)
+    assert len(extensions) == 1 and isinstance(extensions[0], RetrainExtension)
+    assert retrain_extensions(overridden(config, {"retrain.enabled": False})) == []
