@@ -36,7 +36,9 @@ class FullMapping:
     passthrough: list[str] = []
 
 
-def synthetic_stream(cards: int, terminals: int, days: int, per_day: float, seed: int) -> dict[str, np.ndarray]:
+def synthetic_stream(
+    cards: int, terminals: int, days: int, per_day: float, seed: int
+) -> dict[str, np.ndarray]:
     """Columns of a time-ordered stream: each card shops near home at a few terminals, rarely abroad."""
     rng = np.random.default_rng(seed)
     n = int(cards * days * per_day)
@@ -97,7 +99,9 @@ def batches(stream: dict[str, np.ndarray], size: int) -> Iterator[tuple[list[Tra
         yield txs, labels
 
 
-def run(spec: FeatureSpec, prepared: list[tuple[list[Transaction], list[Label]]], expire_every: int) -> dict[str, float]:
+def run(
+    spec: FeatureSpec, prepared: list[tuple[list[Transaction], list[Label]]], expire_every: int
+) -> dict[str, float]:
     """Feed batches in order; labels are released once event time passes event_time + label_delay."""
     online = OnlineFeatures(spec)
     pending: list[Label] = []
@@ -181,20 +185,30 @@ def main() -> None:
     spec = FeatureSpec.from_config(FeaturesConfig(), FullMapping())
     stream = synthetic_stream(args.cards, args.terminals, args.days, args.per_day, args.seed)
     prepared = list(batches(stream, args.batch))
-    print(f"{len(stream['time']):,} transactions, {args.cards:,} cards, {args.terminals:,} terminals, "
-          f"{args.days} days, {len(spec.names)} features, batches of {args.batch}")
+    print(
+        f"{len(stream['time']):,} transactions, {args.cards:,} cards, {args.terminals:,} terminals, "
+        f"{args.days} days, {len(spec.names)} features, batches of {args.batch}"
+    )
     base_s = baseline(prepared)
     result = run(spec, prepared, args.expire_every)
     rows = result["rows"]
     tx_rate = rows / result["transform_s"]
     print(f"transform:        {tx_rate:>12,.0f} transactions/s  ({result['transform_s']:.2f} s)")
-    print(f"observe_label:    {result['labels'] / result['label_s']:>12,.0f} labels/s        ({result['label_s']:.2f} s)")
+    print(
+        f"observe_label:    {result['labels'] / result['label_s']:>12,.0f} labels/s        ({result['label_s']:.2f} s)"
+    )
     both = result["transform_s"] + result["label_s"] + result["expire_s"]
     print(f"all together:     {rows / both:>12,.0f} transactions/s  (transform + labels + expire)")
-    print(f"baseline loop:    {rows / base_s:>12,.0f} transactions/s  (transform costs {result['transform_s'] / base_s:.1f}x the baseline)")
+    print(
+        f"baseline loop:    {rows / base_s:>12,.0f} transactions/s  (transform costs {result['transform_s'] / base_s:.1f}x the baseline)"
+    )
     per_card, cards = memory_per_card(spec, stream, args.batch)
-    print(f"memory:           {per_card:>12,.0f} bytes per active card (tracemalloc, {cards:,} cards, terminal labels included)")
-    print(f"memory estimate:  {result['estimate_bytes'] / max(result['cards'], 1):>12,.0f} bytes per active card (OnlineFeatures.memory_bytes)")
+    print(
+        f"memory:           {per_card:>12,.0f} bytes per active card (tracemalloc, {cards:,} cards, terminal labels included)"
+    )
+    print(
+        f"memory estimate:  {result['estimate_bytes'] / max(result['cards'], 1):>12,.0f} bytes per active card (OnlineFeatures.memory_bytes)"
+    )
 
 
 if __name__ == "__main__":

@@ -569,7 +569,9 @@ class OnlineFeatures:
                     lat, lon, last_lat, last_lon = (real(n) for n in ("lat", "lon", "last_lat", "last_lon"))
                     located = has_previous & ~np.isnan(lat + lon + last_lat + last_lon)
                     distance = _haversine_array(last_lat, last_lon, lat, lon)
-                    speed = np.minimum(distance / (np.maximum(elapsed, MIN_TRAVEL_MS) / HOUR_MS), MAX_SPEED_KMH)
+                    speed = np.minimum(
+                        distance / (np.maximum(elapsed, MIN_TRAVEL_MS) / HOUR_MS), MAX_SPEED_KMH
+                    )
                     columns += [np.where(located, distance, 0.0), np.where(located, speed, 0.0)]
                 horizon = times - history
                 if spec.use_country:
@@ -677,7 +679,9 @@ class OnlineFeatures:
 
     def memory_bytes(self, sample: int = 1000) -> int:
         """Estimated bytes held by the state (measures up to `sample` cards and terminals, scales up)."""
-        return _estimate(self._cards, sample, _card_bytes) + _estimate(self._terminals, sample, _terminal_bytes)
+        return _estimate(self._cards, sample, _card_bytes) + _estimate(
+            self._terminals, sample, _terminal_bytes
+        )
 
 
 def _estimate(states: dict[Any, Any], sample: int, measure: Any) -> int:
@@ -948,7 +952,9 @@ def spark_features(df: DataFrame, spec: FeatureSpec) -> DataFrame:
             staged = staged.withColumn(f"_tf_{k}", F.when(known, frauds).otherwise(F.lit(0.0)))
             columns[f"terminal_count_{label}"] = F.col(f"_tn_{k}")
             positive_count = F.when(F.col(f"_tn_{k}") > 0, F.col(f"_tn_{k}"))
-            columns[f"terminal_fraud_rate_{label}"] = F.coalesce(F.col(f"_tf_{k}") / positive_count, F.lit(0.0))
+            columns[f"terminal_fraud_rate_{label}"] = F.coalesce(
+                F.col(f"_tf_{k}") / positive_count, F.lit(0.0)
+            )
 
     angle = F.pmod(t, F.lit(DAY_MS)) * F.lit(_ANGLE_PER_MS)
     columns["hour_sin"] = F.sin(angle)

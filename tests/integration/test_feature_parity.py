@@ -69,9 +69,12 @@ def canonical_frame(rows: int = 3000, seed: int = 11, offsets: list[int] = ()) -
     same_card_ties = rng.choice(rows, 60, replace=False)
     cards[same_card_ties[:30]] = cards[same_card_ties[30:]]
     times[same_card_ties[:30]] = times[same_card_ties[30:]]
+    # A card uses two terminals of twelve; pairs at window edges share card and terminal.
+    terminal_index = (cards * 5 + rng.integers(0, 2, rows)) % 12
     for offset in offsets:
         base = rng.choice(rows, 40, replace=False)
         cards = np.concatenate([cards, cards[base]])
+        terminal_index = np.concatenate([terminal_index, terminal_index[base]])
         times = np.concatenate([times, times[base] + offset])
         rows += 40
     home_lat = rng.uniform(35, 60, 40)
@@ -85,8 +88,7 @@ def canonical_frame(rows: int = 3000, seed: int = 11, offsets: list[int] = ()) -
     country = np.where(abroad, rng.choice(["US", "BR"], rows), np.array(["FR", "DE", "ES"])[cards % 3])
     country = country.astype(object)
     country[rng.random(rows) < 0.03] = None
-    # A card uses few terminals (pairs at edges mostly share one); terminal T00 sees every card.
-    terminal = np.array([f"T{t:02d}" for t in (cards * 5 + rng.integers(0, 2, rows)) % 12], dtype=object)
+    terminal = np.array([f"T{t:02d}" for t in terminal_index], dtype=object)
     terminal[rng.random(rows) < 0.03] = None
     amount = np.round(rng.lognormal(3.5, 1.1, rows), 2)
     amount[rng.random(rows) < 0.02] = 0.0
