@@ -122,8 +122,15 @@ def demo_config(config: FraudkitConfig, workdir: Path, seed: int, rate: float) -
     )
     data["registry"]["path"] = str(workdir / "models")
     data["train"].update(epochs=min(config.train.epochs, 8), valid_days=7.0)
+    # The client waits for the detector to answer everything it sent before the summary.
     data["generate"].update(
-        rate=rate, seed=seed, read_verdicts=True, speedup=None, count=None, duration_s=None
+        rate=rate,
+        seed=seed,
+        read_verdicts=True,
+        speedup=None,
+        count=None,
+        duration_s=None,
+        verdict_wait_s=60.0,
     )
     data["retrain"].update(
         enabled=True,

@@ -1,20 +1,31 @@
 """The feature specification, defined once and computed twice: online (detector) and in Spark (training).
 
-Semantics shared by both implementations (the parity test holds them to 1e-6 on every row):
+Semantics shared by both implementations (tests/integration/test_feature_parity.py holds them to
+1e-9 in float64 and 1e-6 in the float32 rows the detector scores, on every row):
 
-* Records are ordered by ``(event_time_ms, transaction_id)``; a row sees every earlier row of its card
-  in that order, including rows with the same timestamp and a smaller transaction id, and itself.
-* Card window ``W`` holds the card's rows with ``event_time > t - W`` up to and including the current
-  row: ``card_count_W`` counts them, ``card_mean_amount_W`` averages their amounts.
-* ``card_amount_ratio_R`` is ``amount / mean(previous rows in window R)``, 1 without history, capped.
-* The card's history is its longest window ``H``: a previous row older than ``H`` counts as none
-  (seconds since previous, distance, speed), and a country or terminal is new for the card unless
-  it was seen within ``H``. Online state older than ``H`` can therefore be dropped without changing
-  any later feature, which keeps memory bounded.
+* Event time only. Records are ordered by ``(event_time_ms, transaction_id)``; a row sees every
+  earlier row of its card in that order (same-timestamp rows with a smaller transaction id too)
+  and itself. Spark applies that order; `OnlineFeatures.transform` takes rows in the order given
+  (the detector's arrival order), `pandas_features` sorts first.
+* Card window ``W`` (``card_windows_hours``, in ms) holds the card's rows with
+  ``event_time > t - W`` up to and including the current row: ``card_count_W`` counts them,
+  ``card_mean_amount_W`` averages their amounts.
+* ``card_amount_ratio_R`` is ``amount / mean(the card's previous rows in window R)``; 1 when there
+  are none or that mean is under a cent; capped at 1000. ``R`` is always one of the card windows.
+* The card's history ``H`` is its longest window. A previous row older than ``H`` counts as none:
+  ``card_log_seconds_since_prev`` is ``log1p(seconds since it)``, else ``log1p(H in seconds)``;
+  ``card_distance_km`` (haversine) and ``card_speed_kmh`` (over at least a minute, capped at
+  1000 km/h) are 0 without it or without a location on either side. A country or terminal is new
+  for the card (1) unless the card used it within ``H``; a missing one is never new. So online
+  state older than ``H`` can be dropped without changing any later feature: memory stays bounded.
 * Terminal window ``W`` counts labelled transactions of the terminal with event time in
-  ``[t - label_delay - W, t - label_delay)``; ``terminal_fraud_rate_W`` is the fraud share (0 if none).
-* Hour of day is cyclic (UTC), ``is_weekend`` is Saturday or Sunday (UTC).
+  ``[t - label_delay - W, t - label_delay)``; ``terminal_fraud_rate_W`` is their fraud share
+  (0 when none). Online, labels arrive through `observe_label` in any order; in Spark they are the
+  frame's ``label`` column. A missing terminal id gives 0s.
+* ``hour_sin``/``hour_cos`` place the UTC time of day on a circle; ``is_weekend`` is Saturday or
+  Sunday, UTC.
 * Pass-through columns are copied; a missing or NaN value reads as 0.
+* Features needing a field the dataset lacks are left out and listed in ``FeatureSpec.dropped``.
 """
 
 from __future__ import annotations
@@ -119,7 +130,11 @@ def _catalogue(
 
 @dataclass
 class FeatureSpec:
-    """Which features a model uses and their parameters (windows, label delay); stored in manifests."""
+    """Which features a model uses and their parameters (windows, label delay); stored in manifests.
+
+    ``use_card`` .. ``use_terminal`` say which fields the dataset has; a feature is in ``names`` when
+    every field it needs is there, otherwise in ``dropped`` with the reason.
+    """
 
     card_windows_ms: list[int]
     terminal_windows_ms: list[int]
@@ -171,15 +186,14 @@ class FeatureSpec:
     @classmethod
     def from_config(cls, features: FeaturesConfig, mapping: DatasetFields) -> FeatureSpec:
         """The spec for a dataset: configured windows, minus features whose fields the mapping lacks."""
-        has_card = bool(getattr(mapping, "has_card", False))
         return cls(
             card_windows_ms=[round(hours * HOUR_MS) for hours in features.card_windows_hours],
             terminal_windows_ms=[round(days * DAY_MS) for days in features.terminal_windows_days],
             label_delay_ms=round(features.label_delay_days * DAY_MS),
             relative_window_ms=round(features.relative_amount_window_hours * HOUR_MS),
-            use_card=has_card,
-            use_location=has_card and bool(getattr(mapping, "has_location", False)),
-            use_country=has_card and bool(getattr(mapping, "has_country", False)),
+            use_card=bool(getattr(mapping, "has_card", False)),
+            use_location=bool(getattr(mapping, "has_location", False)),
+            use_country=bool(getattr(mapping, "has_country", False)),
             use_terminal=bool(getattr(mapping, "has_terminal", False)),
             passthrough=list(getattr(mapping, "passthrough", None) or []),
         )
@@ -505,7 +519,8 @@ def _compile_walk(spec: FeatureSpec) -> Callable[..., tuple[list[int], list[Any]
         "PASSTHROUGH": tuple(spec.passthrough),
     }
     exec(compile(walk_source(spec), "<fraudkit.features walk>", "exec"), namespace)
-    return namespace["walk"]  # type: ignore[no-any-return]
+    walk: Callable[..., tuple[list[int], list[Any]]] = namespace["walk"]
+    return walk
 
 
 class OnlineFeatures:

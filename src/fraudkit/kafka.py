@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -107,9 +108,18 @@ def _dotted(extra: Mapping[str, Any]) -> dict[str, Any]:
     return {key.replace("_", "."): value for key, value in extra.items()}
 
 
+# librdkafka logs connection churn (e.g. "%3|...|FAIL|... Connection refused") straight to stderr;
+# fraudkit reports broker problems itself (wait_for_broker, delivery errors), so route those lines
+# to a logger that stays silent unless the application configures it.
+LIBRDKAFKA_LOGGER = logging.getLogger("fraudkit.librdkafka")
+LIBRDKAFKA_LOGGER.addHandler(logging.NullHandler())
+LIBRDKAFKA_LOGGER.propagate = False
+
+
 def _create(
     factory: Callable[[dict[str, Any]], Any], settings: dict[str, Any], config: FraudkitConfig
 ) -> Any:
+    settings.setdefault("logger", LIBRDKAFKA_LOGGER)
     try:
         return factory(settings)
     except KafkaException as exc:

@@ -5,6 +5,7 @@ Imports stay light (no torch, pyspark, pandas, numpy) so the command starts inst
 
 from __future__ import annotations
 
+import difflib
 import threading
 import time
 import unicodedata
@@ -677,11 +678,14 @@ def resolve_topics(config: FraudkitConfig, requested: Iterable[str], existing: I
         else:
             unknown.append(name if target is None or target == name else f"{name} ({target})")
     if unknown:
-        names = sorted(existing_set)
+        # Near misses first: a cluster can hold hundreds of topics and the listing is cut at 40.
+        close = [match for name in unknown for match in difflib.get_close_matches(name, existing_set, 3, 0.6)]
+        names = list(dict.fromkeys([*close, *sorted(existing_set)]))
         listing = ", ".join(names[:40]) + (f", … ({len(names) - 40} more)" if len(names) > 40 else "")
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise BrokerError(
             f"unknown topic{'s' if len(unknown) > 1 else ''} {', '.join(repr(u) for u in unknown)} "
-            f"on {config.kafka.bootstrap_servers}; existing topics: {listing or '(none)'}"
+            f"on {config.kafka.bootstrap_servers}{hint}; existing topics: {listing or '(none)'}"
         )
     return list(dict.fromkeys(resolved))
 

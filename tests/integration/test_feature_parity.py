@@ -143,7 +143,7 @@ def to_spark(spark: Any, frame: pd.DataFrame) -> Any:
 
 
 def spark_matrix(spark: Any, frame: pd.DataFrame, spec: FeatureSpec) -> tuple[pd.DataFrame, np.ndarray]:
-    result = spark_features(to_spark(spark, frame), spec).toPandas()
+    result: pd.DataFrame = spark_features(to_spark(spark, frame), spec).toPandas()
     result = result.sort_values(["event_time_ms", "transaction_id"], kind="mergesort").reset_index(drop=True)
     return result, result[spec.names].to_numpy(dtype=np.float64)
 

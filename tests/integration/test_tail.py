@@ -175,10 +175,12 @@ def test_latest_shows_only_new_messages_and_stops_on_request(
 def test_unknown_topic_lists_existing_topics(
     kafka_config: FraudkitConfig, verdict_topic: str, tmp_path: Path
 ) -> None:
-    result = runner.invoke(app, ["tail", "no-such-topic", "-c", str(write_config(kafka_config, tmp_path))])
+    typo = verdict_topic[:-1]
+    result = runner.invoke(app, ["tail", typo, "-c", str(write_config(kafka_config, tmp_path))])
     assert result.exit_code == 3
-    assert "error: unknown topic 'no-such-topic' on" in result.stderr
-    assert verdict_topic in result.stderr and "existing topics:" in result.stderr
+    assert f"error: unknown topic {typo!r} on" in result.stderr
+    assert f"(did you mean {verdict_topic!r}?)" in result.stderr
+    assert "existing topics:" in result.stderr
     assert "Traceback" not in result.stderr
 
 
