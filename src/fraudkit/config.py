@@ -226,6 +226,7 @@ class RetrainConfig(Section):
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     metric: Literal["average_precision", "roc_auc"] = "average_precision"
     min_improvement: float = 0.0
+    max_flagged_share: float = Field(0.05, gt=0, le=1)
     buffer_path: Path = Path(".fraudkit/labels")
     buffer_max_rows: int = Field(500_000, gt=0)
     epochs: int = Field(5, gt=0)

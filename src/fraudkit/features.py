@@ -30,6 +30,7 @@ Semantics shared by both implementations (tests/integration/test_feature_parity.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from bisect import bisect_left, bisect_right
@@ -256,57 +257,74 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 class _CardState:
-    """One card's recent transactions; ``heads[k]`` is the first index inside window k."""
+    """One card's recent transactions (oldest first) and last sighting.
 
-    __slots__ = (
-        "amounts",
-        "countries",
-        "heads",
-        "last_lat",
-        "last_lon",
-        "last_time",
-        "sums",
-        "terminals",
-        "times",
-    )
+    Each window k adds two slots in a per-window-count subclass (`_card_state_class`): ``head_k``,
+    the index of the first row inside the window, and ``sum_k``, the running sum of its amounts.
+    Slots rather than lists keep a card's hot state in one object, fewer memory reads per row.
+    """
 
-    def __init__(self, window_count: int) -> None:
+    __slots__ = ("amounts", "countries", "last_lat", "last_lon", "last_time", "terminals", "times")
+
+    def __init__(self) -> None:
         self.times: list[int] = []
         self.amounts: list[float] = []
-        self.heads = [0] * window_count
-        self.sums = [0.0] * window_count
         self.last_time = _NEVER
         self.last_lat: float | None = None
         self.last_lon: float | None = None
         self.countries: dict[str, int] = {}
         self.terminals: dict[str, int] = {}
 
+    def forget_before(self, index: int, window_count: int) -> None:
+        """Drop rows before index (outside every window); heads move with the rows."""
+        del self.times[:index]
+        del self.amounts[:index]
+        for k in range(window_count):
+            setattr(self, f"head_{k}", getattr(self, f"head_{k}") - index)
+
+
+@functools.cache
+def _card_state_class(window_count: int) -> type[_CardState]:
+    slots = tuple(f"{kind}_{k}" for k in range(window_count) for kind in ("head", "sum"))
+
+    def __init__(self: _CardState) -> None:
+        _CardState.__init__(self)
+        for k in range(window_count):
+            setattr(self, f"head_{k}", 0)
+            setattr(self, f"sum_{k}", 0.0)
+
+    return type(f"_CardState{window_count}", (_CardState,), {"__slots__": slots, "__init__": __init__})
+
 
 class _TerminalLabels:
     """A terminal's labelled transactions sorted by event time, with cursors left by the last query.
 
-    ``upper`` is the last query's ``t - label_delay``; ``end`` counts the labels before it and
-    ``starts[k]`` those before ``upper - window_k``; the ``frauds_before_*`` count frauds in the same
-    prefixes. A window's count and frauds are differences, so each cursor moves on its own, a step
-    at a time as event time advances (or steps back), instead of a binary search per query. The
-    list ends with a sentinel later than any event, so forward walks need no bounds check.
+    ``upper`` is the last query's ``t - label_delay``; ``end`` counts the labels before it and, per
+    window k (slots of a subclass, `_terminal_labels_class`), ``start_k`` those before
+    ``upper - window_k``; ``frauds_before_end`` and ``frauds_before_start_k`` count frauds in the
+    same prefixes. A window's count and frauds are differences, so each cursor moves on its own, a
+    step at a time as event time advances (or steps back), instead of a binary search per query.
+    The list ends with a sentinel later than any event, so forward walks need no bounds check.
     """
 
-    __slots__ = ("end", "fraud_flags", "frauds_before_end", "frauds_before_start", "starts", "times", "upper")
+    __slots__ = ("end", "fraud_flags", "frauds_before_end", "times", "upper")
 
-    def __init__(self, window_count: int) -> None:
+    def __init__(self) -> None:
         self.times: list[int] = [_FOREVER]
         self.fraud_flags: list[int] = [0]
         self.upper = _NEVER
         self.end = 0
         self.frauds_before_end = 0
-        self.starts = [0] * window_count
-        self.frauds_before_start = [0] * window_count
 
     def __len__(self) -> int:
         return len(self.times) - 1
 
-    def drop_before(self, floor: int) -> int:
+    def shift_start(self, k: int, by: int, frauds: int) -> None:
+        """Move window k's cursor by `by` labels holding `frauds` frauds (the rare, slow path)."""
+        setattr(self, f"start_{k}", getattr(self, f"start_{k}") + by)
+        setattr(self, f"frauds_before_start_{k}", getattr(self, f"frauds_before_start_{k}") + frauds)
+
+    def drop_before(self, floor: int, window_count: int) -> int:
         """Forget labels older than floor; returns how many went."""
         cut = bisect_left(self.times, floor, 0, len(self.times) - 1)
         if not cut:
@@ -320,13 +338,28 @@ class _TerminalLabels:
             self.frauds_before_end -= frauds_cut
         else:
             self.end = self.frauds_before_end = 0
-        for k, start in enumerate(self.starts):
+        for k in range(window_count):
+            start = getattr(self, f"start_{k}")
             if start >= cut:
-                self.starts[k] = start - cut
-                self.frauds_before_start[k] -= frauds_cut
+                self.shift_start(k, -cut, -frauds_cut)
             else:
-                self.starts[k] = self.frauds_before_start[k] = 0
+                self.shift_start(k, -start, -getattr(self, f"frauds_before_start_{k}"))
         return cut
+
+
+@functools.cache
+def _terminal_labels_class(window_count: int) -> type[_TerminalLabels]:
+    slots = tuple(f"{kind}_{k}" for k in range(window_count) for kind in ("start", "frauds_before_start"))
+
+    def __init__(self: _TerminalLabels) -> None:
+        _TerminalLabels.__init__(self)
+        for k in range(window_count):
+            setattr(self, f"start_{k}", 0)
+            setattr(self, f"frauds_before_start_{k}", 0)
+
+    return type(
+        f"_TerminalLabels{window_count}", (_TerminalLabels,), {"__slots__": slots, "__init__": __init__}
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,33 +375,31 @@ def _card_block(spec: FeatureSpec) -> tuple[list[str], list[str], list[str]]:
         "card_id = tx.card_id",
         "card = cards.get(card_id)",
         "if card is None:",
-        f"    card = cards[card_id] = CardState({len(spec.card_windows_ms)})",
+        "    card = cards[card_id] = CardState()",
         "times = card.times",
         "amounts = card.amounts",
         "times.append(t)",
         "amounts.append(amount)",
         "size = len(times)",
-        "heads = card.heads",
-        "sums = card.sums",
     ]
     ints: list[str] = []
     floats: list[str] = []
     for k, window in enumerate(spec.card_windows_ms):
         lines += [
             f"# window {_hours_label(window)}: rows with event time > t - {window}, this row included",
-            f"head = heads[{k}]",
+            f"head = card.head_{k}",
             f"if times[head] <= t - {window}:",
             f"    cutoff = t - {window}",
-            f"    total = sums[{k}]",
+            f"    total = card.sum_{k}",
             "    while times[head] <= cutoff:  # the current row is inside, so this stops",
             "        total -= amounts[head]",
             "        head += 1",
-            f"    heads[{k}] = head",
+            f"    card.head_{k} = head",
             "    # only this row left: restart the sum exactly, shedding rounding drift",
             f"    sum_{k} = amount if head == size - 1 else total + amount",
             "else:",
-            f"    sum_{k} = sums[{k}] + amount",
-            f"sums[{k}] = sum_{k}",
+            f"    sum_{k} = card.sum_{k} + amount",
+            f"card.sum_{k} = sum_{k}",
             f"count_{k} = size - head",
         ]
         ints.append(f"count_{k}")
@@ -376,9 +407,7 @@ def _card_block(spec: FeatureSpec) -> tuple[list[str], list[str], list[str]]:
     lines += [
         "# rows outside the longest window are garbage: drop them once they are half the list",
         "if head >= 32 and head + head >= size:",
-        "    del times[:head]",
-        "    del amounts[:head]",
-        "    card.heads = [old - head for old in heads]",
+        f"    card.forget_before(head, {len(spec.card_windows_ms)})",
         "elapsed = t - card.last_time",
         "card.last_time = t",
     ]
@@ -422,8 +451,6 @@ def _terminal_block(spec: FeatureSpec) -> tuple[list[str], list[str]]:
         f"    upper = t - {spec.label_delay_ms}",
         "    end = labels.end",
         "    frauds_end = labels.frauds_before_end",
-        "    starts = labels.starts",
-        "    frauds_start = labels.frauds_before_start",
         "    if upper != labels.upper:",
         "        label_times = labels.times",
         "        flags = labels.fraud_flags",
@@ -435,15 +462,15 @@ def _terminal_block(spec: FeatureSpec) -> tuple[list[str], list[str]]:
     for k, window in enumerate(windows):
         lines += [
             f"            # window {_days_label(window)}: labels in [upper - {window}, upper)",
-            f"            start = starts[{k}]",
+            f"            start = labels.start_{k}",
             f"            if label_times[start] < upper - {window}:",
             f"                lower = upper - {window}",
-            f"                frauds = frauds_start[{k}]",
+            f"                frauds = labels.frauds_before_start_{k}",
             "                while label_times[start] < lower:  # label_times[end] >= upper stops this",
             "                    frauds += flags[start]",
             "                    start += 1",
-            f"                starts[{k}] = start",
-            f"                frauds_start[{k}] = frauds",
+            f"                labels.start_{k} = start",
+            f"                labels.frauds_before_start_{k} = frauds",
         ]
     lines += [
         "        else:  # event time stepped back (rows of other partitions): walk back",
@@ -453,15 +480,15 @@ def _terminal_block(spec: FeatureSpec) -> tuple[list[str], list[str]]:
     ]
     for k, window in enumerate(windows):
         lines += [
-            f"            start = starts[{k}]",
+            f"            start = labels.start_{k}",
             f"            if start and label_times[start - 1] >= upper - {window}:",
             f"                lower = upper - {window}",
-            f"                frauds = frauds_start[{k}]",
+            f"                frauds = labels.frauds_before_start_{k}",
             "                while start and label_times[start - 1] >= lower:",
             "                    start -= 1",
             "                    frauds -= flags[start]",
-            f"                starts[{k}] = start",
-            f"                frauds_start[{k}] = frauds",
+            f"                labels.start_{k} = start",
+            f"                labels.frauds_before_start_{k} = frauds",
         ]
     lines += [
         "        labels.upper = upper",
@@ -470,7 +497,10 @@ def _terminal_block(spec: FeatureSpec) -> tuple[list[str], list[str]]:
     ]
     ints: list[str] = []
     for k in range(len(windows)):
-        lines += [f"    labels_{k} = end - starts[{k}]", f"    frauds_{k} = frauds_end - frauds_start[{k}]"]
+        lines += [
+            f"    labels_{k} = end - labels.start_{k}",
+            f"    frauds_{k} = frauds_end - labels.frauds_before_start_{k}",
+        ]
         ints += [f"labels_{k}", f"frauds_{k}"]
     return lines, ints
 
@@ -514,7 +544,7 @@ def walk_source(spec: FeatureSpec) -> str:
 
 def _compile_walk(spec: FeatureSpec) -> Callable[..., tuple[list[int], list[Any]]]:
     namespace: dict[str, Any] = {
-        "CardState": _CardState,
+        "CardState": _card_state_class(len(spec.card_windows_ms)),
         "NEVER": _NEVER,
         "PASSTHROUGH": tuple(spec.passthrough),
     }
@@ -538,6 +568,8 @@ class OnlineFeatures:
         self._float_columns = {name: i for i, name in enumerate(float_names)}
         self._cards: dict[str | None, _CardState] = {}
         self._terminals: dict[str, _TerminalLabels] = {}
+        self._keeps_labels = spec.use_terminal
+        self._new_terminal = _terminal_labels_class(len(spec.terminal_windows_ms))
         self._label_floor = _NEVER
         self._labels_kept = 0
         self.labels_ignored = 0
@@ -609,44 +641,36 @@ class OnlineFeatures:
 
     def observe_label(self, label: Label) -> None:
         """Record a transaction's truth for its terminal's fraud rates (any arrival order)."""
-        self.observe_labels((label,))
+        terminal_id = label.terminal_id
+        event_time = label.event_time_ms
+        if terminal_id is None or event_time < self._label_floor or not self._keeps_labels:
+            self.labels_ignored += 1
+            return
+        state = self._terminals.get(terminal_id)
+        if state is None:
+            state = self._terminals[terminal_id] = self._new_terminal()
+        fraud = 1 if label.label else 0
+        times = state.times
+        index = bisect_right(times, event_time)
+        times.insert(index, event_time)
+        state.fraud_flags.insert(index, fraud)
+        self._labels_kept += 1
+        # Keep the cursors' prefix counts true: a label before the last query's bounds moves them.
+        upper = state.upper
+        if event_time < upper:
+            state.end += 1
+            state.frauds_before_end += fraud
+            windows = self.spec.terminal_windows_ms
+            if event_time < upper - windows[0]:
+                for k, window in enumerate(windows):
+                    if event_time < upper - window:
+                        state.shift_start(k, 1, fraud)
 
     def observe_labels(self, labels: Iterable[Label]) -> None:
-        """observe_label for each label (the detector's label consumer calls this per batch)."""
-        terminals = self._terminals
-        windows = self.spec.terminal_windows_ms
-        smallest_window = windows[0]
-        floor = self._label_floor
-        kept = ignored = 0
+        """observe_label for each label."""
+        observe = self.observe_label
         for label in labels:
-            terminal_id = label.terminal_id
-            event_time = label.event_time_ms
-            if terminal_id is None or event_time < floor or not self.spec.use_terminal:
-                ignored += 1
-                continue
-            state = terminals.get(terminal_id)
-            if state is None:
-                state = terminals[terminal_id] = _TerminalLabels(len(windows))
-            fraud = 1 if label.label else 0
-            times = state.times
-            index = bisect_right(times, event_time)
-            times.insert(index, event_time)
-            state.fraud_flags.insert(index, fraud)
-            kept += 1
-            # Keep the cursors' prefix counts true; a label older than the last query's bounds moves them.
-            upper = state.upper
-            if event_time < upper:
-                state.end += 1
-                state.frauds_before_end += fraud
-                if event_time < upper - smallest_window:
-                    starts = state.starts
-                    frauds_before_start = state.frauds_before_start
-                    for k, window in enumerate(windows):
-                        if event_time < upper - window:
-                            starts[k] += 1
-                            frauds_before_start[k] += fraud
-        self._labels_kept += kept
-        self.labels_ignored += ignored
+            observe(label)
 
     def expire(self, now_ms: int) -> None:
         """Drop state no feature at event time >= now_ms can use (older than the windows), then cap cards."""
@@ -654,13 +678,12 @@ class OnlineFeatures:
         stale = [card_id for card_id, card in self._cards.items() if card.last_time <= card_cutoff]
         for card_id in stale:
             del self._cards[card_id]
-        last_window = len(self.spec.card_windows_ms) - 1
+        window_count = len(self.spec.card_windows_ms)
+        oldest_head = f"head_{window_count - 1}"  # the longest window's
         for card in self._cards.values():
-            oldest = card.heads[last_window]
+            oldest = getattr(card, oldest_head)
             if oldest:
-                del card.times[:oldest]
-                del card.amounts[:oldest]
-                card.heads = [head - oldest for head in card.heads]
+                card.forget_before(oldest, window_count)
             for seen in (card.countries, card.terminals):
                 if seen:
                     for key in [key for key, last in seen.items() if last <= card_cutoff]:
@@ -669,7 +692,7 @@ class OnlineFeatures:
         self._label_floor = max(self._label_floor, label_floor)
         empty = []
         for terminal_id, labels in self._terminals.items():
-            self._labels_kept -= labels.drop_before(label_floor)
+            self._labels_kept -= labels.drop_before(label_floor, len(self.spec.terminal_windows_ms))
             if not len(labels):
                 empty.append(terminal_id)
         for terminal_id in empty:
@@ -722,7 +745,7 @@ def _haversine_array(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2:
 
 def _card_bytes(card: _CardState) -> int:
     size = sys.getsizeof
-    total = size(card) + size(card.times) + size(card.amounts) + size(card.heads) + size(card.sums)
+    total = size(card) + size(card.times) + size(card.amounts)
     total += 32 * len(card.times) + 24 * len(card.amounts)
     for seen in (card.countries, card.terminals):
         total += size(seen) + sum(size(key) + 32 for key in seen)

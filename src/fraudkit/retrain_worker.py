@@ -175,6 +175,16 @@ def run_contest(
         retrain.min_improvement,
         champion.version,
     )
+    # A challenger that alerts on a large share of traffic swamps analysts (and the detector's
+    # reason codes) even when its ranking metric looks better.
+    flagged_share = float(np.mean(challenger_scores >= result.threshold))
+    challenger_metrics["flagged_share"] = flagged_share
+    if accepted and flagged_share > retrain.max_flagged_share:
+        accepted = False
+        reason = (
+            f"{reason}; but it flags {flagged_share:.1%} of the holdout "
+            f"(> retrain.max_flagged_share {retrain.max_flagged_share:.1%})"
+        )
     return Contest(result, split, retrain.metric, challenger_metrics, champion_metrics, accepted, reason)
 
 

@@ -219,6 +219,8 @@ def retrain_config(kafka_config: FraudkitConfig) -> FraudkitConfig:
             "train.batch_size": 128,
             "train.learning_rate": 0.01,
             "train.hidden_sizes": [16],
+            # 10% of this stream is fraud, so a good challenger rightly flags ~10% of it
+            "retrain.max_flagged_share": 0.5,
             "detect.batch_size": 500,
             "detect.quiet": True,
         },

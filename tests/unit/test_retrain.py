@@ -302,6 +302,8 @@ def contest_config(config: FraudkitConfig) -> FraudkitConfig:
             "train.batch_size": 128,
             "train.learning_rate": 0.01,
             "train.hidden_sizes": [16],
+            # this table is 10% fraud, so a good model rightly flags ~10% of it
+            "retrain.max_flagged_share": 0.5,
         },
     )
 
@@ -326,6 +328,16 @@ def test_a_challenger_short_of_the_minimum_improvement_is_rejected(contest_confi
 
     assert not contest.accepted
     assert "not better by more than 10" in contest.reason
+
+
+def test_a_challenger_that_flags_too_much_traffic_is_rejected(contest_config: FraudkitConfig) -> None:
+    config = overridden(contest_config, {"retrain.max_flagged_share": 0.001})
+
+    contest = run_contest(learnable_table(), ["amount", "noise"], config, ConstantModel())
+
+    assert not contest.accepted
+    assert contest.challenger_metrics["flagged_share"] > 0.001
+    assert "of the holdout (> retrain.max_flagged_share 0.1%)" in contest.reason
 
 
 def test_a_diverging_training_fails(contest_config: FraudkitConfig) -> None:
