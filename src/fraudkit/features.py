@@ -77,11 +77,16 @@ _FIELD_TEXT = {
 class DatasetFields(Protocol):
     """What a dataset mapping tells the feature spec (duck-typed: datasets.DatasetMapping fits)."""
 
-    has_card: bool
-    has_terminal: bool
-    has_location: bool
-    has_country: bool
-    passthrough: list[str]
+    @property
+    def has_card(self) -> bool: ...
+    @property
+    def has_terminal(self) -> bool: ...
+    @property
+    def has_location(self) -> bool: ...
+    @property
+    def has_country(self) -> bool: ...
+    @property
+    def passthrough(self) -> list[str]: ...
 
 
 _UNITS = (("d", DAY_MS), ("h", HOUR_MS), ("m", 60_000), ("s", 1000), ("ms", 1))
