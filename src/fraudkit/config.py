@@ -260,7 +260,7 @@ class DemoConfig(Section):
     """`fraudkit demo`: the one-command showcase."""
 
     duration_s: float = Field(180.0, gt=0)
-    rate: float = Field(2000.0, gt=0)
+    rate: float = Field(1000.0, gt=0)
     seed: int = 42
     workdir: Path = Path(".fraudkit/demo")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fraudkit import errors
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import BrokerError, FraudkitError
 
@@ -136,7 +137,9 @@ def demo_config(config: FraudkitConfig, workdir: Path, seed: int, rate: float) -
         enabled=True,
         role="all",
         buffer_path=str(workdir / "labels"),
-        every_labels=min(config.retrain.every_labels, int(rate * 15)),
+        # about one retraining a minute once labels flow: each one runs Spark on this
+        # machine's cores, so more often would starve the scorer on a laptop
+        every_labels=min(config.retrain.every_labels * 5, int(rate * 60)),
     )
     overrides = {f"{section}": value for section, value in data.items()}
     return load_config(None, _flatten(overrides), environ={})
@@ -236,7 +239,6 @@ def run_demo(
     on_update: Callable[[DemoState], None] | None = None,
 ) -> DemoSummary:
     """Run the whole pipeline on one machine (settings from config.demo) and return the closing figures."""
-    from fraudkit.detect import run_detect
     from fraudkit.generate import run_generate
 
     stop = stop_event or threading.Event()
@@ -259,32 +261,9 @@ def run_demo(
         if stop.is_set():
             raise FraudkitError("demo interrupted before streaming started")
         stage(f"streaming at {rate:,.0f} transactions/s for {duration_s:g}s with live retraining")
-        extensions = _retrain_extensions(settings, state)
-        detect_result: dict[str, DetectSummary] = {}
-        failures: list[BaseException] = []
-        generator_done = threading.Event()
-
-        def on_detect_status(status: DetectStatus) -> None:
-            state.detector = status
-            if on_update is not None:
-                on_update(state)
-
-        def detect_worker() -> None:
-            try:
-                detect_result["summary"] = run_detect(
-                    settings, stop_event=detector_stop, on_status=on_detect_status, extensions=extensions
-                )
-            except BaseException as exc:
-                failures.append(exc)
-                stop.set()
-
-        def on_client_status(summary: GenerateSummary) -> None:
-            state.client = summary
-
-        detector_stop = threading.Event()
-        detector = threading.Thread(target=detect_worker, name="demo-detect", daemon=True)
+        detector = _DetectorProcess(settings, state, on_update)
         detector.start()
-        verdicts = _FraudVerdictReader(settings, state, detector_stop)
+        verdicts = _FraudVerdictReader(settings, state, detector.stopped)
         verdicts.start()
         generator_stop = threading.Event()
         timer = threading.Timer(duration_s, generator_stop.set)
@@ -295,33 +274,121 @@ def run_demo(
             stop.wait()
             generator_stop.set()
 
-        watcher = threading.Thread(target=forward_stop, name="demo-stop", daemon=True)
-        watcher.start()
+        threading.Thread(target=forward_stop, name="demo-stop", daemon=True).start()
+
+        def on_client_status(summary: GenerateSummary) -> None:
+            state.client = summary
+            if detector.failure is not None:
+                generator_stop.set()
+
         try:
-            client = run_generate(
+            state.client = run_generate(
                 settings,
                 stop_event=generator_stop,
                 on_status=on_client_status,
                 source=replay_then_simulate(settings, last_event_ms),
             )
-            state.client = client
         finally:
-            generator_done.set()
             timer.cancel()
-            detector_stop.set()
-            detector.join(60)
+            detect_summary = detector.stop_and_wait()
             verdicts.join(5)
             stop.set()
-        if failures:
-            raise failures[0]
-    detect_summary = detect_result.get("summary")
     return _summary(state, detect_summary, time.monotonic() - started)
 
 
-def _retrain_extensions(config: FraudkitConfig, state: DemoState) -> list[Any]:
+class _DetectorProcess:
+    """The demo's detector in a process of its own, so it never shares a GIL with the generator."""
+
+    def __init__(
+        self, config: FraudkitConfig, state: DemoState, on_update: Callable[[DemoState], None] | None
+    ) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.state = state
+        self.on_update = on_update
+        self.events: Any = context.Queue()
+        self.stop_event: Any = context.Event()
+        self.stopped = threading.Event()
+        self.summary: DetectSummary | None = None
+        self.failure: FraudkitError | None = None
+        self.process = context.Process(
+            target=_detector_main,
+            args=(config.model_dump_json(), self.events, self.stop_event),
+            name="fraudkit-demo-detect",
+            daemon=True,
+        )
+        self.pump = threading.Thread(target=self._pump, name="demo-detect-events", daemon=True)
+
+    def start(self) -> None:
+        """Start the process and the thread that turns its reports into dashboard state."""
+        self.process.start()
+        self.pump.start()
+
+    def _pump(self) -> None:
+        import queue
+
+        while True:
+            try:
+                kind, payload = self.events.get(timeout=0.5)
+            except queue.Empty:
+                if not self.process.is_alive():
+                    if self.summary is None and self.failure is None:
+                        self.failure = FraudkitError(f"the detector exited with code {self.process.exitcode}")
+                    return
+                continue
+            if kind == "status":
+                self.state.detector = payload
+                if self.on_update is not None:
+                    self.on_update(self.state)
+            elif kind == "retrain":
+                self.state.retrain_events.append(payload)
+            elif kind == "summary":
+                self.summary = payload
+                return
+            elif kind == "error":
+                class_name, message = payload
+                error_class = getattr(errors, class_name, FraudkitError)
+                self.failure = error_class(message)
+                return
+
+    def stop_and_wait(self, timeout_s: float = 60.0) -> DetectSummary | None:
+        """Ask the detector to finish its batch, commit and stop; kill it if it does not."""
+        self.stop_event.set()
+        self.stopped.set()
+        self.pump.join(timeout_s)
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        if self.failure is not None:
+            raise self.failure
+        return self.summary
+
+
+def _detector_main(config_json: str, events: Any, stop: Any) -> None:
+    """Entry point of the demo's detector process: run_detect with live retraining, reporting via a queue."""
+    import signal
+
+    # Ctrl-C reaches the whole process group; the parent decides when the detector stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from fraudkit.detect import run_detect
     from fraudkit.retrain import retrain_extensions
 
-    return list(retrain_extensions(config, on_outcome=state.retrain_events.append))
+    config = FraudkitConfig.model_validate_json(config_json)
+    try:
+        extensions = list(retrain_extensions(config, on_outcome=lambda event: events.put(("retrain", event))))
+        summary = run_detect(
+            config,
+            stop_event=stop,
+            on_status=lambda status: events.put(("status", status)),
+            extensions=extensions,
+        )
+        events.put(("summary", summary))
+    except FraudkitError as exc:
+        events.put(("error", (type(exc).__name__, str(exc))))
+    except BaseException as exc:
+        events.put(("error", ("FraudkitError", f"the detector failed: {type(exc).__name__}: {exc}")))
 
 
 def _summary(state: DemoState, detector: DetectSummary | None, elapsed_s: float) -> DemoSummary:
