@@ -171,6 +171,10 @@ def prepare(config: FraudkitConfig, stage: StageCallback) -> tuple[str, int]:
     stage(f"simulating {config.simulate.customers:,} customers over {config.simulate.days} days")
     simulated = simulate_to_file(config.simulate)
     stage(f"simulated {simulated.rows:,} transactions; starting Spark")
+    from pyspark.sql import SparkSession
+
+    # Stop Spark afterwards only if this call started it (an embedding process may share it).
+    owned = SparkSession.getActiveSession() is None
     spark = spark_session(config.spark, app_name="fraudkit-demo")
     try:
         stage("splitting by event time into history and stream (Spark)")
@@ -186,7 +190,8 @@ def prepare(config: FraudkitConfig, stage: StageCallback) -> tuple[str, int]:
         stage("training the first model on the history (Spark features, PyTorch MLP)")
         trained = train_from_dataset(config, config.data.history_path, "fraudkit", spark, stage=stage)
     finally:
-        spark.stop()
+        if owned:
+            spark.stop()
     return trained.version, simulated.end_ms
 
 

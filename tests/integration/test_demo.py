@@ -1,0 +1,58 @@
+"""`fraudkit demo` end to end on its own embedded broker, with a small world."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import fraudkit.demo as demo
+from fraudkit.broker import free_port, port_in_use
+from fraudkit.config import load_config
+
+pytestmark = [pytest.mark.kafka, pytest.mark.spark, pytest.mark.slow]
+
+
+def test_demo_runs_the_whole_pipeline_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(demo, "DEMO_CUSTOMERS", 300)
+    monkeypatch.setattr(demo, "DEMO_TERMINALS", 600)
+    monkeypatch.setattr(demo, "DEMO_DAYS", 40)
+    port = free_port()
+    config = load_config(
+        None,
+        {
+            # nothing answers here, so the demo starts (and must stop) its own broker on broker.port
+            "kafka.common.bootstrap.servers": f"127.0.0.1:{port}",
+            "broker.port": port,
+            "demo.duration_s": 45,
+            "demo.rate": 600,
+            "demo.workdir": str(tmp_path),
+            "train.epochs": 3,
+            "retrain.every_labels": 400,
+        },
+        environ={},
+    )
+    updates: list[str] = []
+
+    summary = demo.run_demo(config, on_update=lambda state: updates.append(state.stage))
+
+    assert summary.transactions >= 45 * 600 * 0.8
+    assert summary.caught + summary.missed == summary.frauds_sent > 0
+    assert summary.caught > 0
+    assert summary.latency_ms["p50"] is not None
+    assert summary.model_versions[0] == "v1"
+    assert summary.retrains, "no live retraining outcome within the demo"
+    assert {event["type"] for event in summary.retrains} <= {
+        "model_published",
+        "model_rejected",
+        "retrain_failed",
+    }
+    assert any("training the first model" in stage for stage in updates)
+    assert summary.bootstrap == f"127.0.0.1:{port}"
+    assert not port_in_use(port), "the demo left its broker running"
+    leftovers = subprocess.run(["pgrep", "-f", f"tcp://127.0.0.1:{port}"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == ""
+    assert (next(tmp_path.glob("run-*")) / "models" / "v1" / "model.safetensors").is_file()
