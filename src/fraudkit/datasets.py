@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from fraudkit.errors import ConfigError, DataError
-from fraudkit.schema import MAX_AMOUNT, MAX_EVENT_MS, MIN_EVENT_MS
+from fraudkit.schema import CANONICAL_COLUMNS, MAX_AMOUNT, MAX_EVENT_MS, MIN_EVENT_MS
 
 if TYPE_CHECKING:
     import numpy
@@ -53,21 +53,6 @@ STRING_FIELDS = (
     "currency",
     "merchant_category",
     "country",
-    "fraud_scenario",
-)
-CANONICAL_COLUMNS = (
-    "transaction_id",
-    "event_time_ms",
-    "card_id",
-    "customer_id",
-    "terminal_id",
-    "amount",
-    "currency",
-    "merchant_category",
-    "country",
-    "lat",
-    "lon",
-    "label",
     "fraud_scenario",
 )
 TIMESTAMP_UNITS = {"datetime": 0.0, "s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}

@@ -17,7 +17,7 @@ import orjson
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import BrokerError, DataError
 from fraudkit.ratelimit import Pacer, bounded_wait, make_pacer
-from fraudkit.schema import SCHEMA_VERSION
+from fraudkit.schema import CANONICAL_COLUMNS, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     import pandas
@@ -25,21 +25,6 @@ if TYPE_CHECKING:
     from fraudkit.kafka import Consumer, Producer
 
 # Canonical columns (docs/architecture.md); any other column of a frame is a numeric passthrough.
-CANONICAL_COLUMNS = (
-    "transaction_id",
-    "event_time_ms",
-    "card_id",
-    "customer_id",
-    "terminal_id",
-    "amount",
-    "currency",
-    "merchant_category",
-    "country",
-    "lat",
-    "lon",
-    "label",
-    "fraud_scenario",
-)
 REQUIRED_COLUMNS = ("transaction_id", "event_time_ms", "amount", "label")
 # Replay frames are cut into chunks of this many rows so list conversion stays incremental.
 REPLAY_CHUNK_ROWS = 50_000

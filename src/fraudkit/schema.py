@@ -16,6 +16,26 @@ MIN_EVENT_MS = 946_684_800_000
 MAX_EVENT_MS = 4_102_444_800_000
 
 
+# Columns of the canonical dataset frame (docs/architecture.md), in order.
+CANONICAL_COLUMNS = (
+    "transaction_id",
+    "event_time_ms",
+    "card_id",
+    "customer_id",
+    "terminal_id",
+    "amount",
+    "currency",
+    "merchant_category",
+    "country",
+    "lat",
+    "lon",
+    "label",
+    "fraud_scenario",
+)
+# The fraudkit file layout: the canonical columns with a `timestamp` in place of event_time_ms.
+FILE_COLUMNS = ("transaction_id", "timestamp", *CANONICAL_COLUMNS[2:])
+
+
 class InvalidMessage(ValueError):
     """A message that cannot be decoded or fails validation; the text names the field."""
 

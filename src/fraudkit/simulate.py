@@ -20,6 +20,7 @@ import numpy as np
 
 from fraudkit.config import SimulateConfig
 from fraudkit.errors import ConfigError, DataError
+from fraudkit.schema import CANONICAL_COLUMNS, FILE_COLUMNS
 
 if TYPE_CHECKING:
     import pandas
@@ -37,23 +38,6 @@ SCENARIOS = (
     "impossible_travel",
 )
 LARGE_AMOUNT, COMPROMISED_TERMINAL, COMPROMISED_CARD, CARD_TESTING, IMPOSSIBLE_TRAVEL = range(1, 6)
-
-CANONICAL_COLUMNS = (
-    "transaction_id",
-    "event_time_ms",
-    "card_id",
-    "customer_id",
-    "terminal_id",
-    "amount",
-    "currency",
-    "merchant_category",
-    "country",
-    "lat",
-    "lon",
-    "label",
-    "fraud_scenario",
-)
-FILE_COLUMNS = ("transaction_id", "timestamp", *CANONICAL_COLUMNS[2:])
 
 
 class City(NamedTuple):

@@ -13,29 +13,13 @@ from typing import TYPE_CHECKING, Any
 from fraudkit.config import FraudkitConfig, SplitConfig
 from fraudkit.datasets import DatasetMapping, check_columns, load_mapping, load_spark
 from fraudkit.errors import ConfigError, DataError
+from fraudkit.schema import FILE_COLUMNS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from pyspark.sql import DataFrame as SparkDataFrame
     from pyspark.sql import SparkSession
-
-# The fraudkit file layout: canonical columns with `timestamp` in place of event_time_ms.
-LAYOUT = (
-    "transaction_id",
-    "timestamp",
-    "card_id",
-    "customer_id",
-    "terminal_id",
-    "amount",
-    "currency",
-    "merchant_category",
-    "country",
-    "lat",
-    "lon",
-    "label",
-    "fraud_scenario",
-)
 
 
 @dataclass
@@ -121,7 +105,7 @@ def file_layout(frame: SparkDataFrame, passthrough: list[str]) -> SparkDataFrame
 
     columns = [
         F.timestamp_millis(F.col("event_time_ms")).alias("timestamp") if name == "timestamp" else F.col(name)
-        for name in LAYOUT
+        for name in FILE_COLUMNS
     ]
     return frame.select(*columns, *[F.col(f"`{name}`") for name in passthrough])
 
