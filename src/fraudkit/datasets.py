@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from fraudkit.errors import ConfigError, DataError
-from fraudkit.schema import CANONICAL_COLUMNS, MAX_AMOUNT, MAX_EVENT_MS, MIN_EVENT_MS
+from fraudkit.schema import CANONICAL_COLUMNS, FILE_COLUMNS, MAX_AMOUNT, MAX_EVENT_MS, MIN_EVENT_MS
 
 if TYPE_CHECKING:
     import numpy
@@ -29,21 +29,8 @@ if TYPE_CHECKING:
 PACKAGE_MAPPINGS = Path(__file__).parent / "configs" / "datasets"
 PROJECT_MAPPINGS = Path("configs") / "datasets"
 
-FIELDS = (
-    "transaction_id",
-    "timestamp",
-    "card_id",
-    "customer_id",
-    "terminal_id",
-    "amount",
-    "currency",
-    "merchant_category",
-    "country",
-    "lat",
-    "lon",
-    "label",
-    "fraud_scenario",
-)
+# A mapping names the user columns for these fields (the fraudkit file layout).
+FIELDS = FILE_COLUMNS
 REQUIRED_FIELDS = ("timestamp", "amount", "label")
 STRING_FIELDS = (
     "transaction_id",

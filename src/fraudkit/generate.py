@@ -17,7 +17,7 @@ import orjson
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import BrokerError, DataError
 from fraudkit.ratelimit import Pacer, bounded_wait, make_pacer
-from fraudkit.schema import CANONICAL_COLUMNS, SCHEMA_VERSION
+from fraudkit.schema import CANONICAL_COLUMNS, SCHEMA_VERSION, Label
 
 if TYPE_CHECKING:
     import pandas
@@ -174,16 +174,15 @@ class PendingLabel:
 
     def message(self) -> dict[str, Any]:
         """The wire dict; labelled_ms is the event time at which the truth became known."""
-        return {
-            "schema": SCHEMA_VERSION,
-            "transaction_id": self.transaction_id,
-            "event_time_ms": self.event_time_ms,
-            "label": self.label,
-            "card_id": self.card_id,
-            "terminal_id": self.terminal_id,
-            "labelled_ms": self.due_ms,
-            "fraud_scenario": self.fraud_scenario,
-        }
+        return Label(
+            transaction_id=self.transaction_id,
+            event_time_ms=self.event_time_ms,
+            label=self.label,
+            card_id=self.card_id,
+            terminal_id=self.terminal_id,
+            labelled_ms=self.due_ms,
+            fraud_scenario=self.fraud_scenario,
+        ).to_dict()
 
 
 class LabelScheduler:
