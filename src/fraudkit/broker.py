@@ -79,21 +79,18 @@ def _command(binary: str, port: int) -> list[str]:
 
 def wait_until_ready(port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
     """Wait until a Kafka metadata request to 127.0.0.1:port succeeds."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
+    from fraudkit.kafka import MetadataProbe
 
-    admin = AdminClient({"bootstrap.servers": f"{HOST}:{port}"})
+    probe = MetadataProbe(f"{HOST}:{port}")
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise BrokerError(f"the embedded broker exited with code {process.returncode} during start-up")
         if port_in_use(port):
-            try:
-                if admin.list_topics(timeout=1.0).brokers:
-                    return
-            except KafkaException as exc:
-                last = exc.args[0].str()
+            answered, last = probe.answers(timeout_s=1.0)
+            if answered:
+                return
         time.sleep(0.05)
     raise BrokerError(f"the embedded broker on port {port} did not answer within {timeout_s:g}s ({last})")
 

@@ -128,6 +128,21 @@ def _create(
         raise BrokerError(f"invalid Kafka client settings: {exc}") from None
 
 
+class MetadataProbe:
+    """A bare admin client for one bootstrap address, asking whether a broker answers metadata."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        settings: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, "logger": LIBRDKAFKA_LOGGER}
+        self.admin = AdminClient(settings)
+
+    def answers(self, timeout_s: float) -> tuple[bool, str]:
+        """(True, "") if a metadata request lists a broker, else (False, the reason)."""
+        try:
+            return bool(self.admin.list_topics(timeout=timeout_s).brokers), "no brokers in metadata"
+        except KafkaException as exc:
+            return False, exc.args[0].str()
+
+
 def wait_for_broker(
     config: FraudkitConfig,
     timeout_s: float | None = None,
