@@ -203,6 +203,7 @@ class DetectConfig(Section):
     group_id: str = "fraudkit-detect"
     batch_size: int = Field(2000, gt=0)
     poll_timeout_s: float = Field(0.05, gt=0)
+    output_linger_ms: float = Field(1.0, ge=0)
     model: str = "current"
     exactly_once: bool = False
     transactional_id: str = "fraudkit-detect"

@@ -84,15 +84,23 @@ class QualityFigures:
 class LiveQuality:
     """Matches arriving labels to recent verdict scores and keeps a sliding window per model version.
 
-    Verdicts are remembered in two generations of `capacity / 2` each, so lookups and evictions are
-    O(1) and memory is bounded; a label whose verdict was forgotten (or scored elsewhere) is ignored.
+    Scores, decisions and versions of the last `capacity` verdicts live in ring arrays; transaction
+    ids map to their sequence number in two generations of dicts of about `capacity / 2` each, so
+    remembering costs one dict insert per verdict, lookups and evictions are O(1) and memory is
+    bounded. A label whose verdict was forgotten (or scored elsewhere) is ignored.
     """
 
     def __init__(self, capacity: int = 200_000, window: int = 5000) -> None:
         self.capacity = max(2, capacity)
         self.window = max(1, window)
-        self._current: dict[str, tuple[float, bool, str]] = {}
-        self._previous: dict[str, tuple[float, bool, str]] = {}
+        self._scores = np.zeros(self.capacity, dtype=np.float64)
+        self._frauds = np.zeros(self.capacity, dtype=bool)
+        self._version_codes = np.zeros(self.capacity, dtype=np.int32)
+        self._versions: list[str] = []
+        self._sequence = 0  # verdicts remembered so far; verdict n lives in slot n % capacity
+        self._generation_start = 0
+        self._current: dict[str, int] = {}
+        self._previous: dict[str, int] = {}
         self._windows: dict[str, deque[tuple[float, bool, int]]] = {}
         self.matched = 0
         self.unmatched = 0
@@ -101,27 +109,48 @@ class LiveQuality:
         self, transaction_ids: Sequence[str], scores: Sequence[float], frauds: Sequence[bool], version: str
     ) -> None:
         """Keep a batch's scores and decisions until their labels arrive."""
-        current = self._current
-        current.update(
-            zip(transaction_ids, zip(scores, frauds, [version] * len(scores), strict=True), strict=True)
-        )
-        if len(current) >= self.capacity // 2:
-            self._previous = current
+        count = len(transaction_ids)
+        if count == 0:
+            return
+        capacity = self.capacity
+        if count > capacity:  # only the newest `capacity` can be kept
+            transaction_ids, scores, frauds = (
+                transaction_ids[-capacity:],
+                scores[-capacity:],
+                frauds[-capacity:],
+            )
+            self._sequence += count - capacity
+            count = capacity
+        if version not in self._versions:
+            self._versions.append(version)
+        start = self._sequence
+        slots = (np.arange(start, start + count) % capacity) if start % capacity + count > capacity else None
+        first = start % capacity
+        target = slice(first, first + count) if slots is None else slots
+        self._scores[target] = scores
+        self._frauds[target] = frauds
+        self._version_codes[target] = self._versions.index(version)
+        self._current.update(zip(transaction_ids, range(start, start + count), strict=True))
+        self._sequence = start + count
+        if self._sequence - self._generation_start >= capacity // 2:
+            self._previous = self._current
             self._current = {}
+            self._generation_start = self._sequence
 
     def observe(self, transaction_id: str, label: int) -> bool:
         """Match one label; True if its verdict was known."""
-        entry = self._current.pop(transaction_id, None)
-        if entry is None:
-            entry = self._previous.pop(transaction_id, None)
-        if entry is None:
+        sequence = self._current.pop(transaction_id, None)
+        if sequence is None:
+            sequence = self._previous.pop(transaction_id, None)
+        if sequence is None or self._sequence - sequence > self.capacity:
             self.unmatched += 1
             return False
-        score, fraud, version = entry
+        slot = sequence % self.capacity
+        version = self._versions[int(self._version_codes[slot])]
         window = self._windows.get(version)
         if window is None:
             window = self._windows[version] = deque(maxlen=self.window)
-        window.append((score, fraud, 1 if label else 0))
+        window.append((float(self._scores[slot]), bool(self._frauds[slot]), 1 if label else 0))
         self.matched += 1
         return True
 

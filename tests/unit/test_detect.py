@@ -195,6 +195,24 @@ def test_live_quality_memory_and_window_are_bounded() -> None:
     assert quality.figures()["v1"].labelled == 5
 
 
+def test_live_quality_ring_keeps_the_right_score_across_wrap_arounds() -> None:
+    quality = LiveQuality(capacity=10, window=1000)
+    for batch in range(8):  # batches of 4 in a 10-slot ring: the last one wraps around its end
+        ids = [f"t{batch}-{i}" for i in range(4)]
+        quality.remember(ids, [batch + i / 10 for i in range(4)], [i == 3 for i in range(4)], f"v{batch % 2}")
+    assert not quality.observe("t5-3", 0)  # an older generation: forgotten
+    for batch in (6, 7):
+        for i in range(4):
+            assert quality.observe(f"t{batch}-{i}", i % 2)
+    window = {version: list(values) for version, values in quality._windows.items()}
+    assert window == {
+        "v0": [(6.0, False, 0), (6.1, False, 1), (6.2, False, 0), (6.3, True, 1)],
+        "v1": [(7.0, False, 0), (7.1, False, 1), (7.2, False, 0), (7.3, True, 1)],
+    }
+    quality.remember([f"x{i}" for i in range(25)], [float(i) for i in range(25)], [False] * 25, "v3")
+    assert quality.observe("x24", 0) and not quality.observe("x5", 0)  # only the newest 10 are kept
+
+
 def rules(spec: FeatureSpec, threshold: float = 500.0) -> RuleModel:
     return RuleModel(threshold, spec.names)
 
