@@ -465,9 +465,12 @@ class _DetectLoop:
 
     def _open_labels(self) -> None:
         kafka = self.kafka
-        # Labels are not latency-critical: long fetch waits spare the broker.
+        # Labels are not latency-critical: few, large fetches spare the broker (and the embedded
+        # broker pays for every fetch in proportion to the partition's history).
         consumer = kafka.make_consumer(
-            self.config, f"{self.detect.group_id}-labels", **{"fetch.wait.max.ms": 100}
+            self.config,
+            f"{self.detect.group_id}-labels",
+            **{"fetch.wait.max.ms": 200, "fetch.min.bytes": 1_048_576},
         )
         topic = self.topics.labels
         try:

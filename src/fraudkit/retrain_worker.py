@@ -14,6 +14,7 @@ the most recent `holdout_fraction` of the window is held out for champion/challe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -41,8 +42,20 @@ JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
 LOG_FILE = "worker.log"
 WORKER_NICENESS = 10
-WORKER_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+WORKER_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:ActiveProcessorCount=1"
 PARENT_CHECK_S = 1.0
+
+
+def _lower_priority() -> None:
+    """Run (with the JVM it starts) only on CPU time the detector leaves over.
+
+    SCHED_IDLE (Linux) lets any waking scorer, broker or producer thread take the core at once; a
+    positive nice value alone still shares it (p99 3.2x the baseline while retraining, measured).
+    """
+    os.nice(WORKER_NICENESS)
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 class RetrainFailed(DataError):
@@ -367,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m fraudkit.retrain_worker JOB_DIR", file=sys.stderr)
         return 2
     job_dir = Path(args[0])
-    os.nice(WORKER_NICENESS)
+    _lower_priority()
     _watch_parent(os.getppid())
     started = time.perf_counter()
 
