@@ -34,7 +34,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 import uuid
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from _detector_log import DetectorLog
 
 from fraudkit import kafka
 from fraudkit.broker import running_broker
@@ -282,21 +282,9 @@ def latency(bootstrap: str, workdir: Path, rate: float, seconds: float, override
         env=env,
         text=True,
     )
-    log_lines: list[str] = []
-    assigned = threading.Event()
-
-    def read_log() -> None:
-        assert detector.stderr is not None
-        for line in detector.stderr:
-            log_lines.append(line.rstrip())
-            if "assigned partitions" in line:
-                assigned.set()
-
-    threading.Thread(target=read_log, daemon=True).start()
+    log = DetectorLog(detector)
     # Produce only once the detector has joined its group and owns the partitions.
-    if not assigned.wait(90):
-        detector.kill()
-        print("detector did not get partitions within 90 s:", *log_lines[-5:], sep="\n  ")
+    if not log.wait_for_partitions():
         return
     time.sleep(1)
     print(
@@ -316,7 +304,7 @@ def latency(bootstrap: str, workdir: Path, rate: float, seconds: float, override
     out = detector.stdout.read()  # one JSON line, printed when --until-idle stops it
     detector.wait(120)
     if detector.returncode != 0:
-        print(f"detector failed ({detector.returncode}):", *log_lines[-10:], sep="\n  ")
+        print(f"detector failed ({detector.returncode}):", *log.lines[-10:], sep="\n  ")
         return
     summary = json.loads(out.strip().splitlines()[-1])
     print(
@@ -332,7 +320,7 @@ def latency(bootstrap: str, workdir: Path, rate: float, seconds: float, override
     )
     if floor.size and delivered["p99"] is not None:
         print(f"  p99 over the broker-alone p99: {delivered['p99'] / max(np.percentile(floor, 99), 1):.2f}x")
-    windows = [line for line in log_lines if "consumed=" in line and "rate=0/s" not in line]
+    windows = [line for line in log.lines if "consumed=" in line and "rate=0/s" not in line]
     print("detector status lines (p99 over the interval since the previous line):", *windows, sep="\n  ")
 
 

@@ -37,7 +37,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -45,6 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import orjson
+from _detector_log import DetectorLog
 
 from fraudkit import kafka
 from fraudkit.broker import running_broker
@@ -300,24 +300,9 @@ def run(bootstrap: str, workdir: Path, args: argparse.Namespace, control_for_s: 
         text=True,
         cwd=workdir,
     )
-    log_lines: list[str] = []
-    assigned = threading.Event()
-    swapped = threading.Event()
-
-    def read_log() -> None:
-        assert detector.stderr is not None
-        for line in detector.stderr:
-            log_lines.append(line.rstrip())
-            if "assigned partitions" in line:
-                assigned.set()
-            if "now serving model" in line:
-                swapped.set()
-
-    threading.Thread(target=read_log, daemon=True).start()
-    if not assigned.wait(90):
-        detector.kill()
-        print("detector did not get partitions within 90 s:", *log_lines[-5:], sep="\n  ")
-        return
+    log = DetectorLog(detector, "now serving model")
+    if not log.wait_for_partitions():
+        return None
     print(
         f"v1 = {version}; producing {args.rate:,.0f} tx/s to {args.partitions} partition(s) and their labels "
         f"{LABEL_LAG_S:g} s later (a separate process); the {args.labels:,}th label triggers the retraining ...",
@@ -338,7 +323,7 @@ def run(bootstrap: str, workdir: Path, args: argparse.Namespace, control_for_s: 
     print(f"{args.labels:,}th label produced", flush=True)
     if control_for_s is not None:
         time.sleep(max(0.0, started_at.value + control_for_s - time.time()))
-    elif swapped.wait(args.max_retrain_seconds):
+    elif log.seen["now serving model"].wait(args.max_retrain_seconds):
         print("the new model serves", flush=True)
         time.sleep(5.0)
     else:
@@ -351,7 +336,7 @@ def run(bootstrap: str, workdir: Path, args: argparse.Namespace, control_for_s: 
     detector.send_signal(signal.SIGTERM)
     out, _ = detector.communicate(timeout=120)
     if detector.returncode != 0:
-        print(f"detector failed ({detector.returncode}):", *log_lines[-20:], sep="\n  ")
+        print(f"detector failed ({detector.returncode}):", *log.lines[-20:], sep="\n  ")
         return None
     return Pass(
         started_at=started_at.value,
@@ -360,7 +345,7 @@ def run(bootstrap: str, workdir: Path, args: argparse.Namespace, control_for_s: 
         achieved=achieved,
         summary=json.loads(out.strip().splitlines()[-1]),
         rows=read_verdicts(config),
-        log="\n".join(log_lines),
+        log="\n".join(log.lines),
         events=read_control(config),
     )
 
