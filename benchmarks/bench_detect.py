@@ -289,8 +289,8 @@ def latency(bootstrap: str, workdir: Path, rate: float, seconds: float, override
     time.sleep(1)
     print(
         f"producing {total:,} transactions at {rate:,.0f}/s to {config.topics.transactions_partitions} "
-        f"partitions (producer linger.ms {kafka_setting(config, 'producer', 'linger.ms')}, detector "
-        f"fetch.wait.max.ms {kafka_setting(config, 'consumer', 'fetch.wait.max.ms')}) ...",
+        f"partitions (producer linger.ms {kafka.producer_settings(config).get('linger.ms')}, detector "
+        f"fetch.wait.max.ms {kafka.consumer_settings(config, config.detect.group_id).get('fetch.wait.max.ms')}) ...",
         flush=True,
     )
     # The producer gets a process of its own, as `fraudkit generate` would be.
@@ -324,11 +324,11 @@ def latency(bootstrap: str, workdir: Path, rate: float, seconds: float, override
     print("detector status lines (p99 over the interval since the previous line):", *windows, sep="\n  ")
 
 
-def kafka_setting(config: FraudkitConfig, role: str, key: str) -> Any:
-    """The effective librdkafka setting of a role: the config's value, else fraudkit's default."""
-    defaults = kafka.PRODUCER_DEFAULTS if role == "producer" else kafka.CONSUMER_DEFAULTS
-    configured = config.kafka.producer if role == "producer" else config.kafka.consumer
-    return configured.get(key, config.kafka.common.get(key, defaults.get(key, "librdkafka default")))
+def latency_runs(bootstrap: str, workdir: Path, args: argparse.Namespace, overrides: dict[str, Any]) -> None:
+    """One latency run per --latency-partitions count."""
+    for count in args.latency_partitions.split(","):
+        overrides_for_count = {"topics.transactions_partitions": int(count), **overrides}
+        latency(bootstrap, workdir, args.rate, args.latency_seconds, overrides_for_count)
 
 
 def memory_per_card(customers: int, days: int) -> None:
@@ -411,16 +411,7 @@ def main() -> None:
             (
                 args.skip_latency,
                 "latency",
-                lambda: [
-                    latency(
-                        bootstrap,
-                        workdir,
-                        args.rate,
-                        args.latency_seconds,
-                        {"topics.transactions_partitions": int(count), **overrides},
-                    )
-                    for count in args.latency_partitions.split(",")
-                ],
+                lambda: latency_runs(bootstrap, workdir, args, overrides),
             ),
         ):
             if skip:

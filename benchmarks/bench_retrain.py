@@ -123,12 +123,17 @@ def publish_random_mlp(config: FraudkitConfig, spec: FeatureSpec, sample: list[T
     )
 
 
-def read_verdicts(config: FraudkitConfig) -> list[tuple[int, int, str]]:
-    """After the run: (verdict_ms, produced_ms, model_version) of every verdict in the topic."""
-    topic = config.topics.verdicts
+def reader_from_beginning(config: FraudkitConfig, topic: str) -> kafka.Consumer:
+    """A reader assigned every partition of `topic` from its first message."""
     reader = kafka.make_reader(config)
     partitions = sorted(reader.list_topics(topic, timeout=10).topics[topic].partitions)
     reader.assign([kafka.TopicPartition(topic, p, kafka.OFFSET_BEGINNING) for p in partitions])
+    return reader
+
+
+def read_verdicts(config: FraudkitConfig) -> list[tuple[int, int, str]]:
+    """After the run: (verdict_ms, produced_ms, model_version) of every verdict in the topic."""
+    reader = reader_from_beginning(config, config.topics.verdicts)
     rows: list[tuple[int, int, str]] = []
     quiet_since = time.monotonic()
     while time.monotonic() - quiet_since < 3.0:
@@ -200,10 +205,7 @@ def stream_producer(
 
 
 def read_control(config: FraudkitConfig) -> list[dict[str, Any]]:
-    topic = config.topics.control
-    reader = kafka.make_reader(config)
-    partitions = sorted(reader.list_topics(topic, timeout=10).topics[topic].partitions)
-    reader.assign([kafka.TopicPartition(topic, p, kafka.OFFSET_BEGINNING) for p in partitions])
+    reader = reader_from_beginning(config, config.topics.control)
     events = [orjson.loads(m.value()) for m in reader.consume(100, 2.0) if m.error() is None]
     reader.close()
     return events

@@ -612,20 +612,16 @@ class _DetectLoop:
         timeout = self.detect.poll_timeout_s
         if self.options.exactly_once:
             return consumer.consume(1, timeout)
-        if len(producer) == 0:
-            self._settle(block=False)  # commit (and time) what was acknowledged meanwhile
-            return consumer.consume(1, timeout)
         deadline = time.monotonic() + timeout
-        while True:
+        while len(producer) > 0:
             first = consumer.consume(1, 0)
             if first:
                 return first
             producer.poll(ACK_POLL_S)  # returns as soon as a delivery report was served
-            if len(producer) == 0:
-                self._settle(block=False)
-                return consumer.consume(1, max(0.0, deadline - time.monotonic()))
             if time.monotonic() >= deadline:
                 return []
+        self._settle(block=False)  # commit (and time) what was acknowledged meanwhile
+        return consumer.consume(1, max(0.0, deadline - time.monotonic()))
 
     # -- one batch ----------------------------------------------------------------------------
 

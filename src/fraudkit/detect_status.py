@@ -124,9 +124,12 @@ class LiveQuality:
         if version not in self._versions:
             self._versions.append(version)
         start = self._sequence
-        slots = (np.arange(start, start + count) % capacity) if start % capacity + count > capacity else None
         first = start % capacity
-        target = slice(first, first + count) if slots is None else slots
+        target: slice | np.ndarray = (
+            slice(first, first + count)
+            if first + count <= capacity
+            else np.arange(start, start + count) % capacity  # wraps around the ring's end
+        )
         self._scores[target] = scores
         self._frauds[target] = frauds
         self._version_codes[target] = self._versions.index(version)

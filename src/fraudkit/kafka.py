@@ -35,6 +35,7 @@ __all__ = [
     "Producer",
     "TopicPartition",
     "all_topic_names",
+    "consumer_settings",
     "ensure_topics",
     "list_topics",
     "make_admin",
@@ -42,6 +43,7 @@ __all__ = [
     "make_producer",
     "make_reader",
     "produce",
+    "producer_settings",
     "wait_for_broker",
 ]
 
@@ -80,16 +82,25 @@ def _settings(
     return settings
 
 
+def producer_settings(config: FraudkitConfig, **extra: Any) -> dict[str, Any]:
+    """The librdkafka settings of `make_producer`: defaults < kafka.common < kafka.producer < extra."""
+    return _settings(config, {**PRODUCER_DEFAULTS, **config.kafka.producer}, _dotted(extra))
+
+
+def consumer_settings(config: FraudkitConfig, group_id: str, **extra: Any) -> dict[str, Any]:
+    """The librdkafka settings of `make_consumer`."""
+    role = {**CONSUMER_DEFAULTS, **config.kafka.consumer, "group.id": group_id}
+    return _settings(config, role, _dotted(extra))
+
+
 def make_producer(config: FraudkitConfig, **extra: Any) -> Producer:
     """A producer from kafka.common + kafka.producer (+ per-call overrides such as transactional.id)."""
-    settings = _settings(config, {**PRODUCER_DEFAULTS, **config.kafka.producer}, _dotted(extra))
-    return _create(Producer, settings, config)
+    return _create(Producer, producer_settings(config, **extra), config)
 
 
 def make_consumer(config: FraudkitConfig, group_id: str, **extra: Any) -> Consumer:
     """A consumer group member that never auto-commits: callers commit after delivery."""
-    role = {**CONSUMER_DEFAULTS, **config.kafka.consumer, "group.id": group_id}
-    return _create(Consumer, _settings(config, role, _dotted(extra)), config)
+    return _create(Consumer, consumer_settings(config, group_id, **extra), config)
 
 
 def make_reader(config: FraudkitConfig, **extra: Any) -> Consumer:

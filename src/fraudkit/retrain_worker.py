@@ -50,7 +50,7 @@ def _lower_priority() -> None:
     """Run (with the JVM it starts) only on CPU time the detector leaves over.
 
     SCHED_IDLE (Linux) lets any waking scorer, broker or producer thread take the core at once; a
-    positive nice value alone still shares it (p99 3.2x the baseline while retraining, measured).
+    positive nice value alone still shares it (p99 about 3x the control while retraining, measured).
     """
     os.nice(WORKER_NICENESS)
     if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
