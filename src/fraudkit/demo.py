@@ -122,6 +122,9 @@ def demo_config(config: FraudkitConfig, workdir: Path, seed: int, rate: float) -
         stream_path=str(workdir / "stream.parquet"),
     )
     data["registry"]["path"] = str(workdir / "models")
+    # One detector on the embedded broker: every fetch there costs partitions x history
+    # (docs/scaling.md), and one process gains nothing from more partitions.
+    data["topics"].update(transactions_partitions=1, partitions=1)
     data["train"].update(epochs=min(config.train.epochs, 8), valid_days=7.0)
     # The client waits for the detector to answer everything it sent before the summary.
     data["generate"].update(
@@ -220,7 +223,8 @@ class _FraudVerdictReader(threading.Thread):
         from fraudkit.kafka import make_reader
         from fraudkit.schema import InvalidMessage, decode_json
 
-        reader = make_reader(self.config)
+        # A dashboard can wait: few, large fetches spare the broker.
+        reader = make_reader(self.config, **{"fetch.wait.max.ms": 200, "fetch.min.bytes": 1_048_576})
         try:
             reader.subscribe([self.config.topics.verdicts])
             while not self.stop.is_set():
