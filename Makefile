@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint unit bench clean
+.PHONY: venv kafka demo test lint unit bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# Apache Kafka's jars, fetched once by Maven into ~/.cache/fraudkit and verified against pinned SHA-256s.
+kafka: $(STAMP)
+	$(BIN)/fraudkit broker install
+
+# The demo runs on Apache Kafka when Java and Maven are there, else on the embedded Tansu broker.
 demo: $(STAMP)
+	@if command -v mvn >/dev/null && command -v java >/dev/null; then \
+	  $(BIN)/fraudkit broker install || echo "Apache Kafka could not be installed: the demo uses Tansu"; \
+	else echo "Maven or Java not found: the demo uses the embedded Tansu broker"; fi
 	$(BIN)/fraudkit demo
 
 lint: $(STAMP)
@@ -22,13 +30,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+test: $(STAMP) lint kafka
 	$(BIN)/python -m pytest -q
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-bench: $(STAMP)
+bench: $(STAMP) kafka
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:

@@ -3,7 +3,8 @@
 Run: .venv/bin/python benchmarks/bench_detect.py [--transactions 300000] [--naive 3000]
      [--rate 5000] [--latency-seconds 20] [--memory-customers 5000] [--memory-days 35] [--skip-latency] [--skip-memory]
 
-Starts its own embedded broker (fraudkit.broker.running_broker) and a temporary registry holding
+Runs every broker-bound phase once per engine (--engines, default kafka,tansu: a fresh local Apache
+Kafka, then a fresh Tansu), each with a temporary registry holding
 an MLP ([64, 32] hidden units, random weights, the full simulator feature spec, threshold at the
 99th percentile of its scores so ~1% of verdicts are fraud and get reason codes).
 
@@ -42,9 +43,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 from _detector_log import DetectorLog
+from _engines import add_engines_argument, broker_cpu_seconds, chosen_engines, local_broker
 
 from fraudkit import kafka
-from fraudkit.broker import running_broker
 from fraudkit.config import FraudkitConfig, SimulateConfig, load_config
 from fraudkit.detect import run_detect
 from fraudkit.features import FeatureSpec, OnlineFeatures, frame_to_transactions
@@ -356,19 +357,6 @@ def memory_per_card(customers: int, days: int) -> None:
     )
 
 
-def broker_cpu_seconds(bootstrap: str) -> float | None:
-    """CPU seconds the embedded broker process has used so far (Linux /proc), for context."""
-    port = bootstrap.rsplit(":", 1)[1]
-    try:
-        found = subprocess.run(["pgrep", "-f", f"tcp://127.0.0.1:{port}"], capture_output=True, text=True)
-        pid = int(found.stdout.split()[0])
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -394,34 +382,41 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="config override for the latency phase, e.g. kafka.producer.linger.ms=10 (repeatable)",
     )
+    add_engines_argument(parser)
     args = parser.parse_args()
     overrides: dict[str, Any] = {}
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = int(value) if value.lstrip("-").isdigit() else value
     print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()}")
-    with tempfile.TemporaryDirectory() as tmp, running_broker() as bootstrap:
-        workdir = Path(tmp)
-        for skip, phase, run in (
-            (
-                args.skip_throughput,
-                "throughput",
-                lambda: throughput(bootstrap, workdir, args.transactions, args.naive),
-            ),
-            (
-                args.skip_latency,
-                "latency",
-                lambda: latency_runs(bootstrap, workdir, args, overrides),
-            ),
-        ):
-            if skip:
-                continue
-            cpu_before, wall_before = broker_cpu_seconds(bootstrap), time.perf_counter()
-            run()
-            cpu_after = broker_cpu_seconds(bootstrap)
-            if cpu_before is not None and cpu_after is not None:
-                share = (cpu_after - cpu_before) / (time.perf_counter() - wall_before)
-                print(f"embedded broker during the {phase} phase: {share:.0%} of one core")
+    for engine in chosen_engines(args):
+        with tempfile.TemporaryDirectory() as tmp, local_broker(engine) as handle:
+            bootstrap = handle.bootstrap_servers
+            workdir = Path(tmp)
+            for skip, phase, run in (
+                (
+                    args.skip_throughput,
+                    "throughput",
+                    lambda bootstrap=bootstrap, workdir=workdir: throughput(
+                        bootstrap, workdir, args.transactions, args.naive
+                    ),
+                ),
+                (
+                    args.skip_latency,
+                    "latency",
+                    lambda bootstrap=bootstrap, workdir=workdir: latency_runs(
+                        bootstrap, workdir, args, overrides
+                    ),
+                ),
+            ):
+                if skip:
+                    continue
+                cpu_before, wall_before = broker_cpu_seconds(handle), time.perf_counter()
+                run()
+                cpu_after = broker_cpu_seconds(handle)
+                if cpu_before is not None and cpu_after is not None:
+                    share = (cpu_after - cpu_before) / (time.perf_counter() - wall_before)
+                    print(f"{engine} broker during the {phase} phase: {share:.0%} of one core")
     if not args.skip_memory:
         memory_per_card(args.memory_customers, args.memory_days)
     print(f"load average at the end: {os.getloadavg()}")

@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/bench_generate.py [--seconds 3] [--rates 100 1000 5000 20000]
      [--max-count 300000] [--source memory|simulator]
 
-Starts its own embedded broker (fraudkit.broker.running_broker). Each paced run lasts --seconds
+Starts its own broker per engine (--engines, default kafka,tansu). Each paced run lasts --seconds
 (duration-bounded, labels with the default 7-day event-time delay, verdict read-back only with
 --verdicts) and
 prints achieved/target. The unlimited run sends --max-count transactions as fast as possible.
@@ -21,8 +21,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
+from _engines import add_engines_argument, chosen_engines, local_broker
 
-from fraudkit.broker import running_broker
 from fraudkit.config import FraudkitConfig, load_config
 from fraudkit.generate import run_generate
 
@@ -81,32 +81,39 @@ def main() -> None:
     parser.add_argument("--max-count", type=int, default=300_000)
     parser.add_argument("--source", choices=["memory", "simulator"], default="memory")
     parser.add_argument("--verdicts", action="store_true", help="Also run the (idle) verdict read-back.")
+    add_engines_argument(parser)
     args = parser.parse_args()
 
-    with running_broker() as bootstrap:
-        print(f"embedded broker at {bootstrap}; source: {args.source}")
-        print(f"{'target/s':>10} {'achieved/s':>11} {'ratio':>7} {'sent':>9} {'seconds':>8}")
-        for rate in args.rates:
-            config = bench_config(bootstrap, f"r{int(rate)}", args.verdicts)
-            config.generate.rate = rate
-            config.generate.duration_s = args.seconds
-            source = memory_frames() if args.source == "memory" else None
-            summary = run_generate(config, source=source)
-            print(
-                f"{rate:>10,.0f} {summary.rate_per_s:>11,.0f} {summary.rate_per_s / rate:>7.3f} "
-                f"{summary.sent:>9,} {summary.producing_s:>8.2f}"
-            )
-        config = bench_config(bootstrap, "max", args.verdicts)
-        config.generate.rate = None
-        config.generate.count = args.max_count
+    for engine in chosen_engines(args):
+        with local_broker(engine) as handle:
+            run_rates(handle.bootstrap_servers, args)
+
+
+def run_rates(bootstrap: str, args: argparse.Namespace) -> None:
+    """Every paced rate, then the unlimited run, on one broker."""
+    print(f"broker at {bootstrap}; source: {args.source}")
+    print(f"{'target/s':>10} {'achieved/s':>11} {'ratio':>7} {'sent':>9} {'seconds':>8}")
+    for rate in args.rates:
+        config = bench_config(bootstrap, f"r{int(rate)}", args.verdicts)
+        config.generate.rate = rate
+        config.generate.duration_s = args.seconds
         source = memory_frames() if args.source == "memory" else None
-        started = time.monotonic()
         summary = run_generate(config, source=source)
-        total = time.monotonic() - started
         print(
-            f"{'no limit':>10} {summary.rate_per_s:>11,.0f} {'':>7} {summary.sent:>9,} "
-            f"{summary.producing_s:>8.2f}  (incl. start-up and final flush: {summary.sent / total:,.0f}/s)"
+            f"{rate:>10,.0f} {summary.rate_per_s:>11,.0f} {summary.rate_per_s / rate:>7.3f} "
+            f"{summary.sent:>9,} {summary.producing_s:>8.2f}"
         )
+    config = bench_config(bootstrap, "max", args.verdicts)
+    config.generate.rate = None
+    config.generate.count = args.max_count
+    source = memory_frames() if args.source == "memory" else None
+    started = time.monotonic()
+    summary = run_generate(config, source=source)
+    total = time.monotonic() - started
+    print(
+        f"{'no limit':>10} {summary.rate_per_s:>11,.0f} {'':>7} {summary.sent:>9,} "
+        f"{summary.producing_s:>8.2f}  (incl. start-up and final flush: {summary.sent / total:,.0f}/s)"
+    )
 
 
 if __name__ == "__main__":

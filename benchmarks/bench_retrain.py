@@ -45,9 +45,9 @@ from typing import Any, ClassVar
 import numpy as np
 import orjson
 from _detector_log import DetectorLog
+from _engines import add_engines_argument, chosen_engines, local_broker
 
 from fraudkit import kafka
-from fraudkit.broker import running_broker
 from fraudkit.config import FraudkitConfig, SimulateConfig, load_config
 from fraudkit.features import FeatureSpec, OnlineFeatures, frame_to_labels, frame_to_transactions
 from fraudkit.model import LoadedModel, Normalisation, build_mlp, state_to_numpy
@@ -251,21 +251,26 @@ def main() -> None:
         "--partitions", type=int, default=1, help="partitions of every topic (as bench_detect's latency run)"
     )
     parser.add_argument("--keep", type=Path, help="keep the registry and label buffer in this directory")
+    add_engines_argument(parser)
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()}", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = args.keep or Path(tmp)
-        print("== pass 1: the N-th label triggers a retraining", flush=True)
-        with running_broker() as bootstrap:
-            retraining = run(bootstrap, workdir / "retraining", args, control_for_s=None)
-        if retraining is None:
-            return
-        length = retraining.stopped_at - retraining.started_at
-        print(f"== pass 2 (control): the same stream for the same {length:.0f} s, no retraining", flush=True)
-        with running_broker() as bootstrap:
-            control = run(bootstrap, workdir / "control", args, control_for_s=length)
-        if control is not None:
-            report(args, retraining, control)
+    for engine in chosen_engines(args):
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = (args.keep or Path(tmp)) / engine
+            print(f"== pass 1 on {engine}: the N-th label triggers a retraining", flush=True)
+            with local_broker(engine) as handle:
+                retraining = run(handle.bootstrap_servers, workdir / "retraining", args, control_for_s=None)
+            if retraining is None:
+                continue
+            length = retraining.stopped_at - retraining.started_at
+            print(
+                f"== pass 2 on {engine} (control): the same stream for the same {length:.0f} s, no retraining",
+                flush=True,
+            )
+            with local_broker(engine) as handle:
+                control = run(handle.bootstrap_servers, workdir / "control", args, control_for_s=length)
+            if control is not None:
+                report(args, retraining, control)
     print(f"load average at the end: {os.getloadavg()}")
 
 

@@ -1,6 +1,8 @@
-"""Sink throughput: the database write path alone, and end to end from the embedded broker.
+"""Sink throughput: the database write path alone, and end to end from a local broker per engine.
 
-    .venv/bin/python benchmarks/bench_sink.py [--rows 200000] [--url postgresql://postgres@127.0.0.1:5432/test]
+    .venv/bin/python benchmarks/bench_sink.py [--rows 200000] [--url postgresql://...] [--engines kafka,tansu]
+
+Without --url (or $FRAUDKIT_TEST_POSTGRES_URL) it starts a throw-away local PostgreSQL server.
 
 Prints rows/s of `Database.write_batch` (COPY into a temp table + INSERT ... ON CONFLICT) next to a
 baseline measured in the same run (psycopg executemany of INSERT ... ON CONFLICT DO NOTHING), then
@@ -11,20 +13,22 @@ the first written batch to the last (group join and the idle wait left out).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 import uuid
 from typing import Any
 
 import psycopg
+from _engines import add_engines_argument, chosen_engines, local_broker
 
 from fraudkit import kafka, schema
-from fraudkit.broker import running_broker
 from fraudkit.config import load_config
 from fraudkit.database import VERDICT_FIELDS, open_database
+from fraudkit.localpg import running_postgres
 from fraudkit.sink import SinkOptions, SinkSummary, run_sink, verdict_row
 
-DEFAULT_URL = os.environ.get("FRAUDKIT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+DEFAULT_URL = os.environ.get("FRAUDKIT_TEST_POSTGRES_URL")
 EVENT_MS = 1_770_000_000_000
 
 
@@ -94,10 +98,11 @@ def baseline_executemany(url: str, rows: list[tuple[Any, ...]], batch_size: int)
         drop(url, table)
 
 
-def end_to_end(url: str, count: int, batch_size: int) -> tuple[float, SinkSummary]:
+def end_to_end(url: str, count: int, batch_size: int, engine: str) -> tuple[float, SinkSummary]:
     table = f"bench_{uuid.uuid4().hex[:10]}"
     suffix = uuid.uuid4().hex[:8]
-    with running_broker() as bootstrap:
+    with local_broker(engine) as handle:
+        bootstrap = handle.bootstrap_servers
         config = load_config(
             None,
             {
@@ -137,10 +142,21 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch-size", type=int, default=5000)
-    parser.add_argument("--url", default=DEFAULT_URL)
+    parser.add_argument(
+        "--url", default=DEFAULT_URL, help="PostgreSQL URL (default: start a throw-away local server)"
+    )
     parser.add_argument("--skip-end-to-end", action="store_true")
+    add_engines_argument(parser)
     args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        if args.url is None:
+            args.url = stack.enter_context(running_postgres())
+            print(f"started a local PostgreSQL at {args.url}")
+        measure(args)
 
+
+def measure(args: argparse.Namespace) -> None:
+    """The write path, its baseline, SQLite, then broker -> sink -> PostgreSQL per engine."""
     started = time.perf_counter()
     rows = [verdict_row(verdict(i)) for i in range(args.rows)]
     convert = args.rows / (time.perf_counter() - started)
@@ -160,11 +176,12 @@ def main() -> None:
             if os.path.exists(sqlite_path + suffix):
                 os.remove(sqlite_path + suffix)
     if not args.skip_end_to_end:
-        rate, summary = end_to_end(args.url, args.rows, args.batch_size)
-        print(
-            f"end to end, broker -> sink -> PostgreSQL: {rate:,.0f} rows/s "
-            f"({summary.inserted:,} rows in {summary.batches} batches)"
-        )
+        for engine in chosen_engines(args):
+            rate, summary = end_to_end(args.url, args.rows, args.batch_size, engine)
+            print(
+                f"end to end, {engine} broker -> sink -> PostgreSQL: {rate:,.0f} rows/s "
+                f"({summary.inserted:,} rows in {summary.batches} batches)"
+            )
 
 
 if __name__ == "__main__":

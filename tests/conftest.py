@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,13 +12,47 @@ import pytest
 
 from fraudkit.config import FraudkitConfig, load_config
 
+BROKER_ENV = "FRAUDKIT_TEST_BROKER"
+
+
+def main_engine() -> str:
+    """The engine every kafka-marked test runs on: Apache Kafka, unless $FRAUDKIT_TEST_BROKER=tansu."""
+    engine = os.environ.get(BROKER_ENV, "kafka")
+    if engine not in ("kafka", "tansu"):
+        raise pytest.UsageError(f"{BROKER_ENV} must be kafka or tansu, not {engine!r}")
+    if engine == "tansu" and os.environ.get("CI", "").lower() == "true":
+        raise pytest.UsageError(f"CI runs the integration suite on Apache Kafka; unset {BROKER_ENV}")
+    return engine
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every broker test runs on the main engine; those marked `tansu` also on Tansu (smoke subset)."""
+    if "broker_engine" not in metafunc.fixturenames:
+        return
+    engines = [main_engine()]
+    if metafunc.definition.get_closest_marker("tansu") and "tansu" not in engines:
+        engines.append("tansu")
+    metafunc.parametrize("broker_engine", engines, indirect=True, scope="session")
+
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """A real Tansu broker on a free port for the whole session."""
-    from fraudkit.broker import running_broker
+def broker_engine(request: pytest.FixtureRequest) -> str:
+    """The broker engine of this test's session broker: kafka or tansu."""
+    return str(request.param)
 
-    with running_broker() as bootstrap:
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(broker_engine: str) -> Iterator[str]:
+    """A real broker (Apache Kafka in KRaft mode, or Tansu) on a free port for the whole session."""
+    from fraudkit.broker import default_cache_dir, install_kafka, running_broker
+    from fraudkit.errors import BrokerError
+
+    if broker_engine == "kafka":
+        try:
+            install_kafka(default_cache_dir())
+        except BrokerError as exc:
+            pytest.fail(f"cannot install Apache Kafka for the tests ({exc}); or set {BROKER_ENV}=tansu")
+    with running_broker(engine=broker_engine, timeout_s=120) as bootstrap:
         yield bootstrap
 
 
@@ -71,24 +106,42 @@ def spark() -> Any:
 
 
 POSTGRES_URL_ENV = "FRAUDKIT_TEST_POSTGRES_URL"
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """URL of the test PostgreSQL ($FRAUDKIT_TEST_POSTGRES_URL); fails under CI=true if unreachable."""
-    import os
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL: $FRAUDKIT_TEST_POSTGRES_URL, else a server this session starts and stops.
 
+    Fails (never skips) under CI=true when no server can be had.
+    """
     import psycopg
 
-    url = os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
-    try:
-        psycopg.connect(url, connect_timeout=5).close()
-    except psycopg.Error as exc:
-        from fraudkit.config import mask_url
+    from fraudkit.config import mask_url
+    from fraudkit.errors import DatabaseError
 
-        message = f"PostgreSQL at {mask_url(url)} is unreachable ({exc}); set {POSTGRES_URL_ENV}"
-        if os.environ.get("CI", "").lower() == "true":
+    in_ci = os.environ.get("CI", "").lower() == "true"
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if url:
+        try:
+            psycopg.connect(url, connect_timeout=5).close()
+        except psycopg.Error as exc:
+            message = f"PostgreSQL at {mask_url(url)} ({POSTGRES_URL_ENV}) is unreachable ({exc})"
+            if in_ci:
+                pytest.fail(message)
+            pytest.skip(message)
+        yield url
+        return
+    from fraudkit.localpg import running_postgres
+
+    try:
+        server = running_postgres()
+        started = server.__enter__()
+    except DatabaseError as exc:
+        message = f"cannot start a local PostgreSQL ({exc}); set {POSTGRES_URL_ENV}"
+        if in_ci:
             pytest.fail(message)
         pytest.skip(message)
-    return url
+    try:
+        yield started
+    finally:
+        server.__exit__(None, None, None)

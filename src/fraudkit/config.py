@@ -60,11 +60,15 @@ class TopicsConfig(Section):
 
 
 class BrokerConfig(Section):
-    """The embedded Tansu broker used for local runs and tests."""
+    """The local broker of `fraudkit broker` and the demo: Apache Kafka (KRaft) or Tansu."""
 
+    engine: Literal["auto", "kafka", "tansu"] = "auto"
     port: int = Field(9092, gt=0, lt=65536)
+    brokers: int = Field(1, ge=1, le=3)
     state_dir: Path = Path(".fraudkit/broker")
-    start_timeout_s: float = Field(20.0, gt=0)
+    cache_dir: Path | None = None
+    heap_mb: int = Field(512, ge=128, le=65536)
+    start_timeout_s: float = Field(60.0, gt=0)
 
 
 class SparkConfig(Section):

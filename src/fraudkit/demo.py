@@ -44,6 +44,7 @@ class DemoState:
     recent_frauds: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_FRAUDS))
     retrain_events: list[dict[str, Any]] = field(default_factory=list)
     bootstrap: str = ""
+    broker_engine: str = ""
     broker_started: bool = False
     first_model: str = ""
     errors: list[str] = field(default_factory=list)
@@ -66,6 +67,7 @@ class DemoSummary:
     model_versions: list[str]
     detector_throughput_per_s: float
     bootstrap: str
+    broker_engine: str
     duration_s: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,18 +78,29 @@ class DemoSummary:
 @contextlib.contextmanager
 def _broker(config: FraudkitConfig, state: DemoState, stage: StageCallback) -> Iterator[FraudkitConfig]:
     """Use the configured Kafka if it answers, else run the embedded broker for the demo's lifetime."""
-    from fraudkit.broker import free_port, port_in_use, running_broker
+    from fraudkit.broker import (
+        cache_dir_of,
+        engine_version,
+        free_port,
+        port_in_use,
+        resolve_engine,
+        running_broker,
+    )
     from fraudkit.kafka import wait_for_broker
 
     with contextlib.suppress(BrokerError):
         wait_for_broker(config, timeout_s=1.5)
         state.bootstrap = config.kafka.bootstrap_servers
+        state.broker_engine = "the configured Kafka"
         # Someone else's broker may hold earlier runs: fresh topic names keep this run's numbers clean.
         yield _fresh_topics(config)
         return
     port = config.broker.port if not port_in_use(config.broker.port) else free_port()
-    stage(f"starting the embedded broker on 127.0.0.1:{port}")
-    with running_broker(port, config.broker.start_timeout_s) as bootstrap:
+    cache_dir = cache_dir_of(config)
+    engine = resolve_engine(config.broker.engine, cache_dir)
+    state.broker_engine = engine_version(engine)
+    stage(f"starting a local {state.broker_engine} broker on 127.0.0.1:{port}")
+    with running_broker(port, config.broker.start_timeout_s, engine, cache_dir=cache_dir) as bootstrap:
         state.bootstrap = bootstrap
         state.broker_started = True
         common = {**config.kafka.common, "bootstrap.servers": bootstrap}
@@ -419,5 +432,6 @@ def _summary(state: DemoState, detector: DetectSummary | None, elapsed_s: float)
         model_versions=[state.first_model, *(event.get("version", "") for event in promoted)],
         detector_throughput_per_s=round(detector.throughput_per_s, 1) if detector else 0.0,
         bootstrap=state.bootstrap,
+        broker_engine=state.broker_engine,
         duration_s=round(elapsed_s, 1),
     )

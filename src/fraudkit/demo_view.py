@@ -78,7 +78,8 @@ def dashboard(state: DemoState) -> RenderableType:
     from fraudkit.detect_status import render_panel
     from fraudkit.generate import status_panel
 
-    header = f"[bold]fraudkit demo[/] · {state.stage} · broker {state.bootstrap or '-'}"
+    broker = f"{state.broker_engine} at {state.bootstrap}" if state.bootstrap else "-"
+    header = f"[bold]fraudkit demo[/] · {state.stage} · broker {broker}"
     panels = Table.grid(expand=True, padding=(0, 1))
     panels.add_column(ratio=1)
     panels.add_column(ratio=1)
@@ -103,6 +104,7 @@ def summary_table(summary: DemoSummary) -> Table:
     table = Table(title="demo summary", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
+    table.add_row("broker", f"{summary.broker_engine} at {summary.bootstrap}")
     table.add_row("transactions", f"{summary.transactions:,}")
     table.add_row("frauds sent", f"{summary.frauds_sent:,}")
     table.add_row("frauds caught", f"{summary.caught:,}")

@@ -87,9 +87,19 @@ def producer_settings(config: FraudkitConfig, **extra: Any) -> dict[str, Any]:
     return _settings(config, {**PRODUCER_DEFAULTS, **config.kafka.producer}, _dotted(extra))
 
 
+# Group settings that belong to the broker under the KIP-848 protocol (group.protocol=consumer):
+# librdkafka refuses a consumer that sets them, so our defaults for them are dropped there.
+CLASSIC_GROUP_ONLY = ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy")
+
+
 def consumer_settings(config: FraudkitConfig, group_id: str, **extra: Any) -> dict[str, Any]:
     """The librdkafka settings of `make_consumer`."""
-    role = {**CONSUMER_DEFAULTS, **config.kafka.consumer, "group.id": group_id}
+    chosen = {**config.kafka.common, **config.kafka.consumer, **_dotted(extra)}
+    defaults = dict(CONSUMER_DEFAULTS)
+    if str(chosen.get("group.protocol", "classic")) == "consumer":
+        for key in CLASSIC_GROUP_ONLY:
+            defaults.pop(key, None)
+    role = {**defaults, **config.kafka.consumer, "group.id": group_id}
     return _settings(config, role, _dotted(extra))
 
 
@@ -153,10 +163,16 @@ class MetadataProbe:
 
     def answers(self, timeout_s: float) -> tuple[bool, str]:
         """(True, "") if a metadata request lists a broker, else (False, the reason)."""
+        count, reason = self.broker_count(timeout_s)
+        return count > 0, reason
+
+    def broker_count(self, timeout_s: float) -> tuple[int, str]:
+        """How many brokers a metadata request lists (0 with the reason when none answer)."""
         try:
-            return bool(self.admin.list_topics(timeout=timeout_s).brokers), "no brokers in metadata"
+            brokers = len(self.admin.list_topics(timeout=timeout_s).brokers)
         except KafkaException as exc:
-            return False, exc.args[0].str()
+            return 0, exc.args[0].str()
+        return brokers, "" if brokers else "no brokers in metadata"
 
 
 def wait_for_broker(
