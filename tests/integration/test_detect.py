@@ -192,6 +192,7 @@ def detect_config(kafka_config: FraudkitConfig) -> FraudkitConfig:
     return kafka_config
 
 
+@pytest.mark.tansu
 def test_branching_and_verdict_contents(detect_config: FraudkitConfig) -> None:
     config = detect_config
     transactions = [transaction(i) for i in range(1200)]
