@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +12,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fraudkit.errors import ConfigError
+from fraudkit.redact import MASK as MASK
+from fraudkit.redact import is_secret_key as is_secret_key
+from fraudkit.redact import mask_secrets as mask_secrets
+from fraudkit.redact import masked
+
+# Older name of mask_secrets, still imported by callers outside the library (tests/conftest.py).
+mask_url = mask_secrets
 
 KafkaValue = str | int | float | bool
 ENV_PREFIX = "FRAUDKIT_"
@@ -291,9 +297,6 @@ class FraudkitConfig(Section):
 # Keys of these dicts are librdkafka property names, which contain dots; env vars spell them
 # with underscores (FRAUDKIT_KAFKA__COMMON__BOOTSTRAP_SERVERS).
 _PASSTHROUGH_PATHS = {("kafka", "common"), ("kafka", "producer"), ("kafka", "consumer")}
-_SECRET_KEY = re.compile(r"(password|secret|token|credential|api\.?key|(^|[._])key($|\.pem))", re.I)
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)(?P<pw>[^@\s]+)(?P<tail>@)", re.I)
-MASK = "******"
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -456,29 +459,6 @@ def parse_set_options(options: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {option!r}: expected section.key=value")
         result[key.strip()] = parse_scalar(raw)
     return result
-
-
-def is_secret_key(key: str) -> bool:
-    """True for setting names whose values must never be printed (passwords, secrets, keys)."""
-    return bool(_SECRET_KEY.search(key)) and not key.endswith(".location")
-
-
-def mask_url(value: str) -> str:
-    """Hide the password of a URL such as postgresql://user:pw@host/db."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['tail']}", value)
-
-
-def masked(data: Any, key: str = "") -> Any:
-    """A copy of a plain config dict with secret values replaced by a mask."""
-    if isinstance(data, dict):
-        return {k: masked(v, str(k)) for k, v in data.items()}
-    if isinstance(data, list):
-        return [masked(v, key) for v in data]
-    if key and is_secret_key(key) and data not in (None, ""):
-        return MASK
-    if isinstance(data, str):
-        return mask_url(data)
-    return data
 
 
 def config_as_dict(config: FraudkitConfig, mask_secrets: bool = True) -> dict[str, Any]:
