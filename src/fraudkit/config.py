@@ -6,17 +6,33 @@ import copy
 import os
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from fraudkit.errors import ConfigError
+from fraudkit.redact import MASK as MASK
+from fraudkit.redact import is_secret_key as is_secret_key
+from fraudkit.redact import mask_secrets as mask_secrets
+from fraudkit.redact import masked
+from fraudkit.schema import MAX_EVENT_MS, MIN_EVENT_MS
+
+# Older name of mask_secrets, still imported by callers outside the library (tests/conftest.py).
+mask_url = mask_secrets
 
 KafkaValue = str | int | float | bool
 ENV_PREFIX = "FRAUDKIT_"
 DEFAULT_CONFIG_FILE = Path("configs/default.yaml")
+# Upper bounds that keep a typo (1e17, 2000000000) from overflowing a 64-bit millisecond
+# timestamp, a wait, or memory; each is far beyond any real use.
+MAX_WAIT_S = 86_400.0
+MAX_DURATION_S = 366 * 86_400.0
+MAX_BATCH_SIZE = 1_000_000
+MAX_SIMULATED_ENTITIES = 10_000_000
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class Section(BaseModel):
@@ -35,7 +51,7 @@ class KafkaConfig(Section):
     common: dict[str, KafkaValue] = Field(default_factory=_default_common)
     producer: dict[str, KafkaValue] = Field(default_factory=dict)
     consumer: dict[str, KafkaValue] = Field(default_factory=dict)
-    connect_timeout_s: float = Field(30.0, gt=0)
+    connect_timeout_s: float = Field(30.0, gt=0, le=MAX_WAIT_S)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -53,10 +69,20 @@ class TopicsConfig(Section):
     labels: str = "labels"
     dead_letter: str = "transactions.dead-letter"
     control: str = "fraudkit.control"
-    transactions_partitions: int = Field(6, gt=0)
-    partitions: int = Field(3, gt=0)
-    replication_factor: int = Field(1, gt=0)
+    transactions_partitions: int = Field(6, gt=0, le=10_000)
+    partitions: int = Field(3, gt=0, le=10_000)
+    replication_factor: int = Field(1, gt=0, le=32_767)
     retention_ms: int = Field(3_600_000, gt=0)
+
+    @field_validator("transactions", "legit", "fraud", "verdicts", "labels", "dead_letter", "control")
+    @classmethod
+    def _legal_topic_name(cls, value: str) -> str:
+        # Kafka's own rule (kafka.common.internals.Topic.validate): the broker refuses anything else.
+        if value in (".", "..") or not _TOPIC_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -, not '.' or '..')"
+            )
+        return value
 
 
 class BrokerConfig(Section):
@@ -68,7 +94,7 @@ class BrokerConfig(Section):
     state_dir: Path = Path(".fraudkit/broker")
     cache_dir: Path | None = None
     heap_mb: int = Field(512, ge=128, le=65536)
-    start_timeout_s: float = Field(60.0, gt=0)
+    start_timeout_s: float = Field(60.0, gt=0, le=MAX_WAIT_S)
 
 
 class SparkConfig(Section):
@@ -98,16 +124,35 @@ class ScenarioRates(Section):
 class SimulateConfig(Section):
     """The synthetic world of `fraudkit simulate`."""
 
-    customers: int = Field(5000, gt=0)
-    terminals: int = Field(10000, gt=0)
-    days: int = Field(90, gt=0)
+    customers: int = Field(5000, gt=0, le=MAX_SIMULATED_ENTITIES)
+    terminals: int = Field(10000, gt=0, le=MAX_SIMULATED_ENTITIES)
+    days: int = Field(90, gt=0, le=36_525)
     start_date: str = "2026-01-01"
     seed: int = 42
     format: Literal["parquet", "csv"] = "parquet"
     out: Path = Path("data/transactions.parquet")
-    daily_transactions: float = Field(1.6, gt=0)
-    trips_per_day: float = Field(2.0, ge=0)
+    daily_transactions: float = Field(1.6, gt=0, le=1000)
+    trips_per_day: float = Field(2.0, ge=0, le=1000)
     scenarios: ScenarioRates = Field(default_factory=ScenarioRates)
+
+    @field_validator("start_date")
+    @classmethod
+    def _inside_accepted_event_times(cls, value: str, info: ValidationInfo) -> str:
+        # Every reader (schema.check_event_time, datasets) accepts 2000-01-01 to 2100-01-01 only:
+        # a dataset outside that range would be written and then refused by everything.
+        try:
+            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return value  # simulate.parse_start names the format problem
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        start_ms = int(moment.timestamp() * 1000)
+        days = info.data.get("days") or 0
+        if start_ms < MIN_EVENT_MS or start_ms + days * 86_400_000 > MAX_EVENT_MS:
+            raise ValueError(
+                f"{value} + {days} days is outside the event times readers accept (2000-01-01 to 2100-01-01)"
+            )
+        return value
 
 
 class DataConfig(Section):
@@ -129,7 +174,7 @@ class SplitConfig(Section):
 class FeaturesConfig(Section):
     """Feature windows and the label delay."""
 
-    label_delay_days: float = Field(7.0, ge=0)
+    label_delay_days: float = Field(7.0, ge=0, le=MAX_DURATION_S / 86400)
     card_windows_hours: list[float] = Field(default_factory=lambda: [1.0, 24.0, 168.0, 720.0])
     terminal_windows_days: list[float] = Field(default_factory=lambda: [1.0, 7.0, 30.0])
     relative_amount_window_hours: float = Field(168.0, gt=0)
@@ -168,6 +213,15 @@ class TrainConfig(Section):
     threads: int = Field(1, gt=0)
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
 
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _sane_layers(cls, value: list[int]) -> list[int]:
+        # The same limits as fraudkit.model.MAX_LAYER_WIDTH / MAX_HIDDEN_LAYERS (kept literal so
+        # that reading the config does not import numpy).
+        if len(value) > 64 or any(not 1 <= size <= 65_536 for size in value):
+            raise ValueError("must be at most 64 layer widths, each from 1 to 65536")
+        return value
+
 
 class RegistryConfig(Section):
     """The versioned model registry."""
@@ -187,16 +241,16 @@ class GenerateConfig(Section):
 
     source: Literal["simulator", "replay"] = "simulator"
     replay_path: Path | None = None
-    rate: float | None = Field(1000.0, gt=0)
-    speedup: float | None = Field(None, gt=0)
+    rate: float | None = Field(1000.0, gt=0, le=10_000_000)
+    speedup: float | None = Field(None, gt=0, le=1e9)
     count: int | None = Field(None, gt=0)
-    duration_s: float | None = Field(None, gt=0)
+    duration_s: float | None = Field(None, gt=0, le=MAX_DURATION_S)
     seed: int = 42
-    label_delay_s: float = Field(7 * 86400.0, ge=0)
+    label_delay_s: float = Field(7 * 86400.0, ge=0, le=MAX_DURATION_S)
     label_fraction: float = Field(1.0, ge=0, le=1)
     read_verdicts: bool = True
     verdict_group_id: str = "fraudkit-generate-client"
-    verdict_wait_s: float = Field(5.0, ge=0)
+    verdict_wait_s: float = Field(5.0, ge=0, le=MAX_WAIT_S)
     flush_labels: bool = False
     max_pending: int = Field(500_000, gt=0)
 
@@ -205,9 +259,9 @@ class DetectConfig(Section):
     """`fraudkit detect`: the scoring loop."""
 
     group_id: str = "fraudkit-detect"
-    batch_size: int = Field(2000, gt=0)
-    poll_timeout_s: float = Field(0.05, gt=0)
-    output_linger_ms: float = Field(1.0, ge=0)
+    batch_size: int = Field(2000, gt=0, le=MAX_BATCH_SIZE)
+    poll_timeout_s: float = Field(0.05, gt=0, le=60)
+    output_linger_ms: float = Field(1.0, ge=0, le=300_000)
     model: str = "current"
     exactly_once: bool = False
     transactional_id: str = "fraudkit-detect"
@@ -226,7 +280,7 @@ class RetrainConfig(Section):
     enabled: bool = True
     role: Literal["all", "scorer", "trainer"] = "all"
     every_labels: int = Field(20000, gt=0)
-    every_seconds: float | None = Field(None, gt=0)
+    every_seconds: float | None = Field(None, gt=0, le=MAX_DURATION_S)
     window_rows: int = Field(200_000, gt=0)
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     metric: Literal["average_precision", "roc_auc"] = "average_precision"
@@ -237,7 +291,7 @@ class RetrainConfig(Section):
     epochs: int = Field(5, gt=0)
     pending_rows: int = Field(200_000, gt=0)
     worker_threads: int = Field(1, gt=0)
-    job_timeout_s: float = Field(1800.0, gt=0)
+    job_timeout_s: float = Field(1800.0, gt=0, le=MAX_WAIT_S)
 
 
 class SinkConfig(Section):
@@ -245,12 +299,12 @@ class SinkConfig(Section):
 
     url: str = "sqlite:///fraudkit.db"
     group_id: str = "fraudkit-sink"
-    batch_size: int = Field(5000, gt=0)
-    retry_max_s: float = Field(30.0, gt=0)
+    batch_size: int = Field(5000, gt=0, le=MAX_BATCH_SIZE)
+    retry_max_s: float = Field(30.0, gt=0, le=MAX_WAIT_S)
     table: str = "fraud_predictions"
     labels_table: str = "fraud_labels"
     labels: bool = True
-    poll_timeout_s: float = Field(0.5, gt=0)
+    poll_timeout_s: float = Field(0.5, gt=0, le=60)
 
 
 class ReportConfig(Section):
@@ -258,14 +312,14 @@ class ReportConfig(Section):
 
     bucket: Literal["auto", "hour", "day"] = "auto"
     top: int = Field(10, gt=0)
-    refresh_s: float = Field(2.0, gt=0)
+    refresh_s: float = Field(2.0, gt=0, le=MAX_WAIT_S)
 
 
 class DemoConfig(Section):
     """`fraudkit demo`: the one-command showcase."""
 
-    duration_s: float = Field(180.0, gt=0)
-    rate: float = Field(1000.0, gt=0)
+    duration_s: float = Field(180.0, gt=0, le=MAX_DURATION_S)
+    rate: float = Field(1000.0, gt=0, le=10_000_000)
     seed: int = 42
     workdir: Path = Path(".fraudkit/demo")
 
@@ -295,9 +349,6 @@ class FraudkitConfig(Section):
 # Keys of these dicts are librdkafka property names, which contain dots; env vars spell them
 # with underscores (FRAUDKIT_KAFKA__COMMON__BOOTSTRAP_SERVERS).
 _PASSTHROUGH_PATHS = {("kafka", "common"), ("kafka", "producer"), ("kafka", "consumer")}
-_SECRET_KEY = re.compile(r"(password|secret|token|credential|api\.?key|(^|[._])key($|\.pem))", re.I)
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]+:)(?P<pw>[^@\s]+)(?P<tail>@)", re.I)
-MASK = "******"
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -332,19 +383,53 @@ def _record_sources(data: Any, prefix: tuple[str, ...], source: str, sources: di
         sources[".".join(prefix)] = source
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+# Config and dataset mappings are a few kilobytes; anything this big is not one.
+MAX_YAML_BYTES = 4 * 1024 * 1024
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (*name): nested aliases expand exponentially ("billion
+    laughs": 630 bytes took 24 s and 580 MB), and fraudkit's files never need them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in fraudkit's YAML files", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML like yaml.safe_load, but without aliases (yaml.YAMLError otherwise)."""
+    return yaml.load(text, Loader=_NoAliasLoader)
+
+
+def read_yaml_file(path: Path, what: str = "config file") -> Any:
+    """The parsed YAML of `path`; ConfigError naming the file for anything unreadable or malformed."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{what} not found: {path}") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: not a {what}: larger than {MAX_YAML_BYTES // (1024 * 1024)} MiB")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 YAML file (byte {exc.start} is not UTF-8)") from None
+    try:
+        return load_yaml_text(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"invalid YAML in {path}{where}: {getattr(exc, 'problem', exc)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -367,7 +452,7 @@ def _env_overrides(environ: Mapping[str, str]) -> list[tuple[tuple[str, ...], An
 def parse_scalar(raw: str) -> Any:
     """Parse a string from an env var or `--set` the way YAML would (ints, floats, bools, lists)."""
     try:
-        return yaml.safe_load(raw) if raw.strip() else raw
+        return load_yaml_text(raw) if raw.strip() else raw
     except yaml.YAMLError:
         return raw
 
@@ -460,29 +545,6 @@ def parse_set_options(options: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set {option!r}: expected section.key=value")
         result[key.strip()] = parse_scalar(raw)
     return result
-
-
-def is_secret_key(key: str) -> bool:
-    """True for setting names whose values must never be printed (passwords, secrets, keys)."""
-    return bool(_SECRET_KEY.search(key)) and not key.endswith(".location")
-
-
-def mask_url(value: str) -> str:
-    """Hide the password of a URL such as postgresql://user:pw@host/db."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['tail']}", value)
-
-
-def masked(data: Any, key: str = "") -> Any:
-    """A copy of a plain config dict with secret values replaced by a mask."""
-    if isinstance(data, dict):
-        return {k: masked(v, str(k)) for k, v in data.items()}
-    if isinstance(data, list):
-        return [masked(v, key) for v in data]
-    if key and is_secret_key(key) and data not in (None, ""):
-        return MASK
-    if isinstance(data, str):
-        return mask_url(data)
-    return data
 
 
 def config_as_dict(config: FraudkitConfig, mask_secrets: bool = True) -> dict[str, Any]:

@@ -13,13 +13,13 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from fraudkit.config import mask_url
 from fraudkit.errors import ConfigError, DatabaseError
+from fraudkit.redact import MASK, mask_secrets
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -83,6 +83,22 @@ class DatabaseUrl:
     port: int | None = None
     dbname: str | None = None
     user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def scrub(self, text: str) -> str:
+        """A driver's message with this URL's password masked wherever it shows.
+
+        libpq splits `user:p@ss@host` at the FIRST "@" and then echoes "ss@host" as the host it
+        could not resolve, so the patterns of mask_secrets alone are not enough here.
+        """
+        text = mask_secrets(text)
+        password = self.password
+        if not password:
+            return text
+        for index, char in enumerate(password):
+            if char == "@" and password[index + 1 :]:
+                text = text.replace(password[index + 1 :] + "@", MASK + "@")
+        return text.replace(password, MASK) if len(password) >= 4 else text
 
     def describe(self) -> str:
         """Human name for messages: engine, host/db or file, and the URL with its password masked."""
@@ -90,7 +106,7 @@ class DatabaseUrl:
             return f"SQLite database {self.path}"
         where = f"{self.host or 'localhost'}:{self.port or 5432}/{self.dbname or self.user or ''}"
         user = f" as user {self.user}" if self.user else ""
-        return f"PostgreSQL {where}{user} ({mask_url(self.url)})"
+        return f"PostgreSQL {where}{user} ({mask_secrets(self.url)})"
 
 
 def parse_url(url: str) -> DatabaseUrl:
@@ -98,10 +114,14 @@ def parse_url(url: str) -> DatabaseUrl:
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep:
-        raise ConfigError(f"sink.url: {mask_url(url)!r} is not a URL (sqlite:///file.db or postgresql://...)")
+        raise ConfigError(
+            f"sink.url: {mask_secrets(url)!r} is not a URL (sqlite:///file.db or postgresql://...)"
+        )
     if scheme == "sqlite":
         if not rest.startswith("/") or rest == "/":
-            raise ConfigError(f"sink.url: {url!r}: expected sqlite:///relative.db or sqlite:////absolute.db")
+            raise ConfigError(
+                f"sink.url: {mask_secrets(url)!r}: expected sqlite:///relative.db or sqlite:////absolute.db"
+            )
         path = unquote(rest[1:].split("?", 1)[0])
         return DatabaseUrl("sqlite", url, path=path)
     if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
@@ -110,7 +130,7 @@ def parse_url(url: str) -> DatabaseUrl:
             parts = urlsplit(normalized)
             port = parts.port
         except ValueError as exc:
-            raise ConfigError(f"sink.url: {mask_url(url)!r}: {exc}") from None
+            raise ConfigError(f"sink.url: {mask_secrets(url)!r}: {exc}") from None
         return DatabaseUrl(
             "postgresql",
             normalized,
@@ -118,9 +138,10 @@ def parse_url(url: str) -> DatabaseUrl:
             port=port,
             dbname=unquote(parts.path.lstrip("/")) or None,
             user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
         )
     raise ConfigError(
-        f"sink.url: unsupported scheme {scheme!r} in {mask_url(url)!r} (use sqlite:/// or postgresql://)"
+        f"sink.url: unsupported scheme {scheme!r} in {mask_secrets(url)!r} (use sqlite:/// or postgresql://)"
     )
 
 
@@ -417,13 +438,13 @@ class PostgresDatabase(Database):
             return connection
         except psycopg.Error as exc:
             raise DatabaseUnavailable(
-                f"cannot connect to {self.url.describe()}: {_pg_message(exc)}"
+                f"cannot connect to {self.url.describe()}: {_pg_message(exc, self.url)}"
             ) from None
 
     def _fail(self, exc: Exception, action: str) -> DatabaseError:
         import psycopg
 
-        message = f"cannot {action} {self.url.describe()}: {_pg_message(exc)}"
+        message = f"cannot {action} {self.url.describe()}: {_pg_message(exc, self.url)}"
         connection = self._connection
         broken = connection is None or connection.closed or connection.broken
         if not broken:
@@ -511,9 +532,9 @@ def _plain(sql_type: str) -> str:
     return sql_type.replace(" NOT NULL", "").replace(" PRIMARY KEY", "")
 
 
-def _pg_message(exc: Exception) -> str:
+def _pg_message(exc: Exception, url: DatabaseUrl) -> str:
     text = " ".join(str(exc).split())
-    return mask_url(text) or type(exc).__name__
+    return url.scrub(text) or type(exc).__name__
 
 
 def _unique_first(rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:

@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
+from fraudkit.config import read_yaml_file
 from fraudkit.errors import ConfigError, DataError
 from fraudkit.schema import CANONICAL_COLUMNS, FILE_COLUMNS, MAX_AMOUNT, MAX_EVENT_MS, MIN_EVENT_MS
 
@@ -122,12 +121,7 @@ def _mapping_file(name_or_path: str) -> Path:
 
 
 def _read_mapping_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read dataset mapping {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML in dataset mapping {path}: {exc}".splitlines()[0]) from None
+    data = read_yaml_file(path, "dataset mapping")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a dataset mapping must be a YAML mapping")
     unknown = sorted(set(data) - _MAPPING_KEYS)
@@ -552,6 +546,59 @@ def _plain(value: Any) -> Any:
 # -- Spark ------------------------------------------------------------------------------------
 
 
+def _spark_readable_parquet(path: Path) -> str:
+    """`path`, or a copy with its nanosecond timestamps cast to microseconds.
+
+    pandas writes datetime64[ns] columns as Parquet TIMESTAMP(NANOS), which Spark refuses
+    ("Illegal Parquet type: INT64 (TIMESTAMP(NANOS,false))"); its only switch,
+    spark.sql.legacy.parquet.nanosAsLong, turns them into bare numbers for the whole session.
+    Microseconds are finer than any event time fraudkit keeps (milliseconds), so the copy,
+    written batch by batch and removed when the process exits, loses nothing that is used.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.dataset as pa_dataset
+    import pyarrow.parquet as pq
+
+    try:
+        dataset = pa_dataset.dataset(str(path), format="parquet")
+    except (OSError, pa.ArrowException):
+        return str(path)  # Spark reports what is wrong with it
+    schema = dataset.schema
+    nanos = {
+        index
+        for index, column in enumerate(schema)
+        if pa.types.is_timestamp(column.type) and column.type.unit == "ns"
+    }
+    if not nanos:
+        return str(path)
+    target = pa.schema(
+        [
+            column.with_type(pa.timestamp("us", column.type.tz)) if index in nanos else column
+            for index, column in enumerate(schema)
+        ],
+        metadata=schema.metadata,
+    )
+    directory = Path(tempfile.mkdtemp(prefix="fraudkit-us-timestamps-"))
+    atexit.register(shutil.rmtree, directory, True)
+    copy = directory / f"{path.stem}.parquet"
+    try:
+        with pq.ParquetWriter(copy, target) as writer:
+            for batch in dataset.to_batches():
+                columns = [
+                    batch.column(i).cast(target.field(i).type, safe=False) if i in nanos else batch.column(i)
+                    for i in range(batch.num_columns)
+                ]
+                writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=target))
+    except (OSError, pa.ArrowException) as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise DataError(f"{path}: cannot convert its nanosecond timestamps for Spark: {exc}") from None
+    return str(copy)
+
+
 def load_spark(
     spark: SparkSession, path: Path | str, mapping: DatasetMapping, validate: bool = True
 ) -> SparkDataFrame:
@@ -569,6 +616,7 @@ def load_spark(
     if local:
         _ensure_exists(Path(location))
     csv = _is_csv(Path(location))
+    readable = location if csv or not local else _spark_readable_parquet(Path(location))
     try:
         reader = spark.read
         raw = (
@@ -577,7 +625,7 @@ def load_spark(
             .option("mode", "PERMISSIVE")
             .csv(location)
             if csv
-            else reader.parquet(location)
+            else reader.parquet(readable)
         )
     except Exception as exc:  # pyspark raises AnalysisException and friends for unreadable input
         raise DataError(f"{location}: cannot read: {_first_line(exc)}") from None

@@ -9,6 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from fraudkit.demo import DemoState, DemoSummary
+from fraudkit.textsafe import for_terminal
 
 
 def _reasons(verdict: dict[str, Any]) -> str:
@@ -17,7 +18,7 @@ def _reasons(verdict: dict[str, Any]) -> str:
         value = reason.get("value")
         shown = f"{value:.3g}" if isinstance(value, int | float) else str(value)
         parts.append(f"{reason.get('feature')}={shown}")
-    return ", ".join(parts) or "-"
+    return for_terminal(", ".join(parts) or "-")
 
 
 def recent_frauds_table(state: DemoState) -> Table:
@@ -33,12 +34,12 @@ def recent_frauds_table(state: DemoState) -> Table:
     for verdict in list(state.recent_frauds):
         amount = verdict.get("amount")
         table.add_row(
-            str(verdict.get("transaction_id", ""))[:18],
-            str(verdict.get("card_id", "")),
+            for_terminal(verdict.get("transaction_id", ""), 18),
+            for_terminal(verdict.get("card_id", "")),
             f"{amount:,.2f}" if isinstance(amount, int | float) else "-",
-            str(verdict.get("country") or "-"),
-            f"{verdict.get('score', 0):.3f}",
-            str(verdict.get("model_version", "")),
+            for_terminal(verdict.get("country") or "-"),
+            _figure(verdict.get("score"), 3),
+            for_terminal(verdict.get("model_version", "")),
             _reasons(verdict),
             style="red",
         )
@@ -54,23 +55,27 @@ def retrain_table(state: DemoState) -> Table:
     table.add_column("champion", justify="right")
     table.add_column("detail", overflow="fold")
     for event in state.retrain_events[-5:]:
-        metrics = event.get("metrics") or {}
-        champion = event.get("champion_metrics") or {}
-        metric = event.get("metric", "average_precision")
+        metrics = _mapping(event.get("metrics"))
+        champion = _mapping(event.get("champion_metrics"))
+        metric = str(event.get("metric") or "average_precision")
         table.add_row(
-            str(event.get("type", "")).replace("model_", "").replace("retrain_", ""),
-            str(event.get("version") or "-"),
+            for_terminal(str(event.get("type", "")).replace("model_", "").replace("retrain_", "")),
+            for_terminal(event.get("version") or "-"),
             _figure(metrics.get(metric)),
             _figure(champion.get(metric)),
-            str(event.get("error") or f"{metric} on {event.get('holdout_rows', '?')} held-out rows"),
+            for_terminal(event.get("error") or f"{metric} on {event.get('holdout_rows', '?')} held-out rows"),
         )
     if not state.retrain_events:
         table.add_row("waiting for labels", "-", "-", "-", "-")
     return table
 
 
-def _figure(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _figure(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
 
 
 def dashboard(state: DemoState) -> RenderableType:

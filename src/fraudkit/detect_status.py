@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fraudkit.metrics import average_precision
+from fraudkit.textsafe import for_terminal, printable
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -248,7 +249,7 @@ def format_log_line(status: DetectStatus) -> str:
         f"detect {status.detector}: consumed={status.consumed} rate={status.rate_per_s:,.0f}/s "
         f"lag={'-' if status.lag is None else status.lag} fraud={status.fraud} "
         f"({status.fraud_rate:.2%}) dead_letters={status.dead_letters} "
-        f"p99={_number(latency.get('p99'), 0)}ms model={status.model_version} "
+        f"p99={_number(latency.get('p99'), 0)}ms model={printable(status.model_version)} "
         f"retrains={status.retrains}{quality_text}"
     )
 
@@ -284,7 +285,7 @@ def render_panel(status: DetectStatus) -> RenderableType:
     )
     overview.add_row(
         "model",
-        status.model_version,
+        for_terminal(status.model_version),
         "swaps / retrains",
         f"{status.model_swaps} / {status.retrains}",
     )
@@ -299,7 +300,7 @@ def render_panel(status: DetectStatus) -> RenderableType:
         quality.add_column(column, justify="right" if column != "model" else "left")
     for version, figures in status.quality.items():
         quality.add_row(
-            version,
+            for_terminal(version),
             f"{figures.labelled:,}",
             f"{figures.frauds:,}",
             f"{figures.flagged:,}",
@@ -310,10 +311,10 @@ def render_panel(status: DetectStatus) -> RenderableType:
     if not status.quality:
         quality.add_row("-", "waiting for labels", "", "", "", "", "")
     parts: list[RenderableType] = [overview, quality]
-    parts.extend(Text(note, style="yellow") for note in status.notes[-3:])
+    parts.extend(Text(printable(note), style="yellow") for note in status.notes[-3:])
     mode = "exactly-once" if status.exactly_once else "at-least-once"
     return Panel(
         Group(*parts),
-        title=f"fraudkit detect · {status.detector} · {mode} · {status.elapsed_s:,.0f}s",
+        title=f"fraudkit detect · {for_terminal(status.detector)} · {mode} · {status.elapsed_s:,.0f}s",
         border_style="cyan",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +23,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from fraudkit.config import FraudkitConfig, KafkaValue
-from fraudkit.errors import BrokerError
+from fraudkit.errors import BrokerError, ConfigError
 
 __all__ = [
     "OFFSET_BEGINNING",
@@ -35,6 +36,7 @@ __all__ = [
     "Producer",
     "TopicPartition",
     "all_topic_names",
+    "check_client_settings",
     "consumer_settings",
     "ensure_topics",
     "list_topics",
@@ -149,9 +151,52 @@ def _create(
     try:
         return factory(settings)
     except KafkaException as exc:
-        raise BrokerError(f"invalid Kafka client settings: {exc.args[0].str()}") from None
+        raise _settings_error(exc.args[0].str(), config) from None
     except (TypeError, ValueError) as exc:
-        raise BrokerError(f"invalid Kafka client settings: {exc}") from None
+        raise _settings_error(str(exc), config) from None
+
+
+_PROPERTY_IN_MESSAGE = re.compile(r'property:? "([^"]+)"')
+# librdkafka reports some settings under their canonical name.
+_ALIASES = {
+    "request.required.acks": "acks",
+    "queue.buffering.max.ms": "linger.ms",
+    "compression.codec": "compression.type",
+    "metadata.broker.list": "bootstrap.servers",
+    "message.send.max.retries": "retries",
+    "max.in.flight.requests.per.connection": "max.in.flight",
+}
+
+
+def _settings_error(message: str, config: FraudkitConfig) -> ConfigError:
+    """A librdkafka refusal of a setting as a ConfigError naming the key where it was set."""
+    match = _PROPERTY_IN_MESSAGE.search(message)
+    if match is None:
+        return ConfigError(f"invalid Kafka client settings: {message}")
+    names = {match.group(1), _ALIASES.get(match.group(1), match.group(1))}
+    sections = [
+        f"kafka.{section}.{name}"
+        for section in ("common", "producer", "consumer")
+        for name in sorted(names)
+        if name in getattr(config.kafka, section)
+    ]
+    return ConfigError(f"{' / '.join(sections) or match.group(1)}: {message}")
+
+
+def check_client_settings(config: FraudkitConfig) -> None:
+    """ConfigError (exit 2) at once for a setting librdkafka refuses, whichever client it is for.
+
+    Builds a producer and a consumer config without bootstrap.servers, so nothing connects:
+    a typo in kafka.producer must not wait for the broker (or be retried as if it were down).
+    """
+    for factory, settings in (
+        (Producer, producer_settings(config)),
+        (Consumer, consumer_settings(config, "fraudkit-settings-check")),
+    ):
+        settings.pop("bootstrap.servers", None)
+        client = _create(factory, settings, config)
+        if isinstance(client, Consumer):
+            client.close()
 
 
 class MetadataProbe:
@@ -182,6 +227,7 @@ def wait_for_broker(
 ) -> list[str]:
     """Block until a metadata request succeeds; raise BrokerError after the timeout. Returns topics."""
     timeout_s = config.kafka.connect_timeout_s if timeout_s is None else timeout_s
+    check_client_settings(config)
     deadline = time.monotonic() + timeout_s
     admin = make_admin(config)
     delay = 0.25

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,48 @@ if TYPE_CHECKING:
 
 # Standard deviations below this are treated as constant features (scaled by 1, not blown up).
 MIN_STD = 1e-6
+# Far above anything this tabular MLP needs (a few thousand weights), far below what would
+# exhaust memory: a manifest naming `[3000000000]` must fail with a message, not allocate 300 GB.
+MAX_LAYER_WIDTH = 65_536
+MAX_HIDDEN_LAYERS = 64
+MAX_FEATURES = 10_000
+MAX_PARAMETERS = 50_000_000
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def threshold_problem(value: Any) -> str | None:
+    """Why `value` is not a decision threshold (a real number from 0 to 1), or None if it is."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= float(value) <= 1:
+        return f"the threshold must be a number from 0 to 1, got {value!r}"
+    return None
+
+
+def parameter_count(input_dim: int, hidden_sizes: Sequence[int]) -> int:
+    """Weights and biases of the MLP: input -> hidden... -> one logit."""
+    widths = [input_dim, *hidden_sizes, 1]
+    return sum((a + 1) * b for a, b in itertools.pairwise(widths))
+
+
+def architecture_problem(input_dim: Any, hidden_sizes: Any) -> str | None:
+    """Why (input_dim, hidden_sizes) is not a network fraudkit will build, or None if it is."""
+    if not _whole(input_dim) or not 1 <= input_dim <= MAX_FEATURES:
+        return f"the input width must be a whole number from 1 to {MAX_FEATURES:,}, got {input_dim!r}"
+    if not isinstance(hidden_sizes, list | tuple) or len(hidden_sizes) > MAX_HIDDEN_LAYERS:
+        return (
+            f"hidden_sizes must be a list of at most {MAX_HIDDEN_LAYERS} layer widths, got {hidden_sizes!r}"
+        )
+    for size in hidden_sizes:
+        if not _whole(size) or not 1 <= size <= MAX_LAYER_WIDTH:
+            return (
+                f"hidden_sizes: each width must be a whole number from 1 to {MAX_LAYER_WIDTH:,}, got {size!r}"
+            )
+    count = parameter_count(int(input_dim), [int(size) for size in hidden_sizes])
+    if count > MAX_PARAMETERS:
+        return f"hidden_sizes {list(hidden_sizes)} give {count:,} parameters, more than the {MAX_PARAMETERS:,} allowed"
+    return None
 
 
 @contextlib.contextmanager
@@ -164,6 +207,12 @@ class LoadedModel:
         """Build from a state dict (numpy arrays or tensors); ModelError if shapes do not fit."""
         import torch
 
+        problem = architecture_problem(len(feature_names), list(hidden_sizes))
+        if problem is not None:
+            raise ModelError(f"model {version}: {problem}")
+        problem = threshold_problem(threshold)
+        if problem is not None:
+            raise ModelError(f"model {version}: {problem}")
         network = build_mlp(len(feature_names), hidden_sizes, dropout=0.0)
         tensors = {name: torch.from_numpy(value) for name, value in state_to_numpy(model_state).items()}
         try:

@@ -34,7 +34,14 @@ import numpy as np
 
 from fraudkit import __version__
 from fraudkit.errors import ModelError
-from fraudkit.model import LoadedModel, Normalisation, state_to_numpy
+from fraudkit.model import (
+    MAX_FEATURES,
+    LoadedModel,
+    Normalisation,
+    architecture_problem,
+    state_to_numpy,
+    threshold_problem,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -76,6 +83,64 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def check_manifest(manifest: Mapping[str, Any], path: Path) -> None:
+    """ModelError naming `path` and the field unless every field a model is built from is sound.
+
+    The checksum proves the files are the ones the publisher wrote, not that their values are
+    sane: a NaN threshold flags nothing, -5 flags everything, `hidden_sizes: [3000000000]` would
+    try to allocate 300 GB.
+    """
+
+    def bad(field_name: str, message: str) -> ModelError:
+        return ModelError(f"{path}: {field_name}: {message}")
+
+    for required in ("feature_names", "architecture", "normalisation", "threshold"):
+        if required not in manifest:
+            raise bad(required, "missing")
+    names = manifest["feature_names"]
+    if (
+        not isinstance(names, list)
+        or not names
+        or len(names) > MAX_FEATURES
+        or not all(isinstance(n, str) and n for n in names)
+    ):
+        raise bad("feature_names", f"must be a list of 1 to {MAX_FEATURES:,} names")
+    if len(set(names)) != len(names):
+        raise bad("feature_names", "names must be unique")
+    architecture = manifest["architecture"]
+    if not isinstance(architecture, dict):
+        raise bad("architecture", "must be a mapping")
+    if "hidden_sizes" not in architecture:
+        raise bad("architecture.hidden_sizes", "missing")
+    problem = architecture_problem(len(names), architecture["hidden_sizes"])
+    if problem is not None:
+        raise bad("architecture.hidden_sizes", problem.removeprefix("hidden_sizes: "))
+    input_dim = architecture.get("input_dim", len(names))
+    if input_dim != len(names) or isinstance(input_dim, bool):
+        raise bad("architecture.input_dim", f"{input_dim!r} does not match the {len(names)} feature names")
+    problem = threshold_problem(manifest["threshold"])
+    if problem is not None:
+        raise bad("threshold", problem.removeprefix("the threshold "))
+    normalisation = manifest["normalisation"]
+    if not isinstance(normalisation, dict) or not {"mean", "std"} <= set(normalisation):
+        raise bad("normalisation", "must be a mapping with mean and std")
+    try:
+        statistics = Normalisation.from_dict(normalisation)
+    except (TypeError, ValueError) as exc:
+        raise bad("normalisation", str(exc)) from None
+    if len(statistics.mean) != len(names):
+        raise bad("normalisation", f"{len(statistics.mean)} values for {len(names)} features")
+    status = manifest.get("status", STATUS_PUBLISHED)
+    if status not in (STATUS_PUBLISHED, STATUS_REJECTED):
+        raise bad("status", f"must be {STATUS_PUBLISHED!r} or {STATUS_REJECTED!r}, got {status!r}")
+    for mapping in ("metrics", "feature_spec", "dropped_features", "training"):
+        if manifest.get(mapping) is not None and not isinstance(manifest[mapping], dict):
+            raise bad(mapping, "must be a mapping")
+    for text in ("trainer", "created_at", "reason"):
+        if manifest.get(text) is not None and not isinstance(manifest[text], str):
+            raise bad(text, "must be text")
 
 
 def _sha256(data: bytes) -> str:
@@ -265,7 +330,9 @@ class Registry:
         except ValueError as exc:
             raise ModelError(f"model {version}: {MANIFEST_FILE} is not valid JSON: {exc}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-            raise ModelError(f"model {version}: unsupported manifest format {manifest.get('format')!r}")
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise ModelError(f"model {version}: unsupported manifest format {found!r}")
+        check_manifest(manifest, directory / MANIFEST_FILE)
         return manifest, contents[WEIGHTS_FILE]
 
     def load(self, version: str = "current") -> LoadedModel:
@@ -279,16 +346,30 @@ class Registry:
             arrays = load_weights(weights)
         except (SafetensorError, ValueError) as exc:
             raise ModelError(f"model {name}: {WEIGHTS_FILE} is not valid safetensors: {exc}") from None
-        try:
-            feature_names = [str(n) for n in manifest["feature_names"]]
-            normalisation = Normalisation.from_dict(manifest["normalisation"])
-            hidden_sizes = [int(h) for h in manifest["architecture"]["hidden_sizes"]]
-            threshold = float(manifest["threshold"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"model {name}: {MANIFEST_FILE} is missing or has a bad field: {exc}") from None
+        # check_manifest (in _read_verified) vouches for every field used here.
+        feature_names = list(manifest["feature_names"])
+        normalisation = Normalisation.from_dict(manifest["normalisation"])
+        hidden_sizes = list(manifest["architecture"]["hidden_sizes"])
+        threshold = float(manifest["threshold"])
         return LoadedModel.from_state(
             arrays, feature_names, normalisation, threshold, hidden_sizes, version=name, manifest=manifest
         )
+
+    def load_publishable(self, version: str) -> LoadedModel:
+        """Version `vN` ready to serve on someone's say-so (a control-topic announcement).
+
+        Only a complete version whose checksum verifies, whose manifest is sound and whose
+        status is published; a rejected challenger is refused whoever announces it.
+        """
+        if not isinstance(version, str) or not _VERSION.match(version):
+            raise ModelError(f"{version!r} is not a model version (vN)")
+        name = self.resolve(version)
+        manifest, _ = self._read_verified(name)
+        status = manifest.get("status", STATUS_PUBLISHED)
+        if status != STATUS_PUBLISHED:
+            reason = manifest.get("reason") or "no reason recorded"
+            raise ModelError(f"model {name} is {status} in the registry ({reason}); refusing to serve it")
+        return self.load(name)
 
     def show(self, version: str = "current") -> dict[str, Any]:
         """The verified manifest of a version, plus whether it is current."""

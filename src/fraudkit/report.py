@@ -21,6 +21,7 @@ from rich.text import Text
 from fraudkit.config import FraudkitConfig
 from fraudkit.database import Database, open_database, quote_table
 from fraudkit.errors import DatabaseError, DataError
+from fraudkit.textsafe import printable
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -360,7 +361,7 @@ def _breakdown_table(title: str, rows: list[Breakdown], heading: str) -> Table:
         table.add_column(name, justify="left" if name == heading else "right")
     for row in rows:
         table.add_row(
-            Text(row.name),
+            Text(printable(row.name)),
             f"{row.verdicts:,}",
             f"{row.flagged:,}",
             _percent(row.flagged, row.verdicts),
@@ -376,7 +377,7 @@ def _entity_table(title: str, rows: list[RiskyEntity], heading: str) -> Table:
         table.add_column(name, justify="left" if name == heading else "right")
     for row in rows:
         table.add_row(
-            Text(row.entity_id),
+            Text(printable(row.entity_id)),
             f"{row.verdicts:,}",
             f"{row.flagged:,}",
             _ratio(row.max_score),
@@ -392,8 +393,8 @@ def render_report(report: Report, options: ReportOptions | None = None) -> Rende
     options = options or ReportOptions()
     quality = report.quality
     header = Text()
-    header.append(f"{report.table}", style="bold")
-    header.append(f" in {report.database}\n")
+    header.append(printable(report.table), style="bold")
+    header.append(f" in {printable(report.database)}\n")
     header.append(f"{report.verdicts:,} verdicts · {report.flagged:,} flagged as fraud ")
     header.append(f"({_percent(report.flagged, report.verdicts)})", style="bold red")
     header.append(f" · {report.labelled:,} labelled, {report.labelled_fraud:,} of them fraud\n")
@@ -448,7 +449,10 @@ def render_report(report: Report, options: ReportOptions | None = None) -> Rende
             scenario.add_column(name, justify="left" if name == "scenario" else "right")
         for row in report.by_scenario:
             scenario.add_row(
-                Text(row.name), f"{row.verdicts:,}", f"{row.caught:,}", _percent(row.caught, row.verdicts)
+                Text(printable(row.name)),
+                f"{row.verdicts:,}",
+                f"{row.caught:,}",
+                _percent(row.caught, row.verdicts),
             )
         parts.append(scenario)
     parts.append(_breakdown_table("By country", report.by_country, "country"))

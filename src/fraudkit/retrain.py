@@ -18,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +40,7 @@ from fraudkit.config import FraudkitConfig
 from fraudkit.detect import DetectContext, DetectExtension
 from fraudkit.label_buffer import LabelBuffer, LabelledBlock, ScoredRows
 from fraudkit.schema import SCHEMA_VERSION, InvalidMessage, decode_json, encode
+from fraudkit.textsafe import printable
 
 if TYPE_CHECKING:
     from fraudkit.detect import ModelHolder
@@ -115,6 +118,43 @@ def outcome_summary(event: dict[str, Any]) -> str:
     if kind == MODEL_PUBLISHED:
         return f"{event.get('version')} published{figures}"
     return f"{event.get('version') or 'challenger'} rejected{figures}; {champion_version} keeps serving"
+
+
+VERSION_NAME = re.compile(r"^v[1-9][0-9]{0,8}$")
+# Longest text kept from an announcement's fields (a message may hold megabytes).
+MAX_FIELD_CHARS = 500
+_TEXT_FIELDS = ("type", "version", "trainer", "metric", "champion_version", "error", "reason")
+_NUMBER_FIELDS = ("at_ms", "seconds", "requested_ms", "holdout_rows", "min_improvement")
+
+
+def _number_map(value: Any) -> dict[str, float | int]:
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(key)[:MAX_FIELD_CHARS]: item
+        for key, item in list(value.items())[:50]
+        if isinstance(item, int | float) and not isinstance(item, bool)
+    }
+
+
+def clean_announcement(event: Any) -> dict[str, Any]:
+    """A control-topic message with only well-typed, bounded fields (others dropped), safe to summarise."""
+    if not isinstance(event, dict):
+        return {}
+    cleaned: dict[str, Any] = {}
+    for key in _TEXT_FIELDS:
+        if isinstance(event.get(key), str):
+            cleaned[key] = event[key][:MAX_FIELD_CHARS]
+    for key in _NUMBER_FIELDS:
+        value = event.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            cleaned[key] = value
+    for key in ("metrics", "champion_metrics", "rows"):
+        if key in event:
+            cleaned[key] = _number_map(event[key])
+    if "schema" in event:
+        cleaned["schema"] = event["schema"]
+    return cleaned
 
 
 class TrainerLock:
@@ -488,19 +528,26 @@ class RetrainExtension(DetectExtension):
             self.on_announcement(event)
 
     def on_announcement(self, event: dict[str, Any]) -> None:
-        """React to one control-topic message: load a published model; count others' outcomes."""
+        """React to one control-topic message: load a published model; count others' outcomes.
+
+        The control topic is written by whoever may write it (docs/security.md): fields are
+        checked for type, a version is only queued when it names one (vN), and loading it asks
+        the registry whether it is publishable (`Registry.load_publishable`).
+        """
+        event = clean_announcement(event)
         own = event.get("trainer") == self.instance_id
         version = event.get("version")
-        if (
-            event.get("type") == MODEL_PUBLISHED
-            and isinstance(version, str)
-            and version
-            and version != self.holder.model.version
-            and version not in self._offered
-        ):
-            self._offered.add(version)
-            self._tasks.put(("load", version, event.get("trainer")))
-            self.stats.swaps_announced += 1
+        if event.get("type") == MODEL_PUBLISHED and version is not None:
+            if not VERSION_NAME.match(version):
+                self.log(
+                    f"control topic: ignoring an announcement of '{printable(version, 80)}' "
+                    f"by {printable(event.get('trainer'), 80)}: not a model version (vN)"
+                )
+                return
+            if version != self.holder.model.version and version not in self._offered:
+                self._offered.add(version)
+                self._tasks.put(("load", version, event.get("trainer")))
+                self.stats.swaps_announced += 1
         if not own and event.get("type") in EVENT_TYPES.values():
             self._record(event)
 
@@ -577,18 +624,20 @@ class RetrainExtension(DetectExtension):
         from fraudkit.features import FeatureSpec
         from fraudkit.registry import Registry
 
+        who = printable(trainer, 80)
         try:
-            model = Registry(self.config.registry.path).load(version)
+            model = Registry(self.config.registry.path).load_publishable(version)
             stored = model.manifest.get("feature_spec")
             spec = FeatureSpec.from_dict(stored) if stored else self.holder.spec
             self.holder.offer(model, spec)
         except ModelError as exc:
             self._offered.discard(version)
             self.log(
-                f"cannot load model {version} announced by {trainer}: {exc}; the current model keeps serving"
+                f"refusing model {version} announced by {who}: {printable(exc)}; "
+                f"{printable(self.holder.model.version)} keeps serving"
             )
             return
-        self.log(f"model {version} (announced by {trainer}) loaded: it serves from the next batch")
+        self.log(f"model {version} (announced by {who}) loaded: it serves from the next batch")
 
     def _check_job(self) -> None:
         job = self._job
@@ -645,7 +694,7 @@ class RetrainExtension(DetectExtension):
         self.stats.last = event
         self.stats.events = [*self.stats.events[-(MAX_EVENTS - 1) :], event]
         self.holder.record_retrain(event)
-        self.log(f"retraining: {event['summary']}")
+        self.log(f"retraining: {printable(event['summary'])}")
         if self.on_outcome is not None:
             self.on_outcome(event)
 

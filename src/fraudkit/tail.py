@@ -8,7 +8,6 @@ from __future__ import annotations
 import difflib
 import threading
 import time
-import unicodedata
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from rich.text import Text
 from fraudkit import kafka
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import BrokerError
+from fraudkit.textsafe import printable
 
 PREVIEW_CHARS = 80
 RATE_WINDOW_S = 5.0
@@ -86,20 +86,7 @@ class TailOptions:
 
 def safe_text(value: str, limit: int | None = PREVIEW_CHARS) -> str:
     """Control and format characters escaped (no terminal escapes get through), truncated with '…'."""
-    out = []
-    for char in value:
-        category = unicodedata.category(char)
-        if category in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
-            code = ord(char)
-            out.append(
-                f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-            )
-        else:
-            out.append(char)
-        if limit is not None and len(out) > limit:
-            break
-    text = "".join(out)
-    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+    return printable(value, limit)
 
 
 def safe_preview(raw: bytes | None, limit: int | None = PREVIEW_CHARS) -> str:

@@ -15,6 +15,8 @@ from typer.core import TyperGroup
 from fraudkit import __version__
 from fraudkit.config import FraudkitConfig, load_config, parse_set_options
 from fraudkit.errors import FraudkitError
+from fraudkit.redact import mask_secrets
+from fraudkit.textsafe import printable
 
 console = Console()
 err_console = Console(stderr=True)
@@ -29,8 +31,9 @@ class FraudkitGroup(TyperGroup):
         except FraudkitError as exc:
             if _show_traceback(ctx):
                 err_console.print(traceback.format_exc(), markup=False, highlight=False)
-            for line in str(exc).splitlines() or [type(exc).__name__]:
-                err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+            # Messages may quote a setting or a URL: no secret leaves through an error line.
+            for line in mask_secrets(str(exc)).splitlines() or [type(exc).__name__]:
+                err_console.print(f"error: {printable(line)}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", markup=False)

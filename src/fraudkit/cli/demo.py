@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from fraudkit.cli.app import ConfigOption, SetOption, app, console, err_console, load, stdout_is_terminal
+from fraudkit.textsafe import printable
 
 # Without a terminal (CI, pipes) the dashboard becomes one progress line this often.
 LOG_EVERY_S = 10.0
@@ -56,7 +57,7 @@ def demo(
                         line += f" | sent {state.client.sent:,}, verdicts {state.client.verdicts:,}"
                     if state.retrain_events:
                         line += f" | retrains: {', '.join(e.get('type', '') for e in state.retrain_events)}"
-                    err_console.print(line, markup=False, highlight=False)
+                    err_console.print(printable(line), markup=False, highlight=False)
 
             summary = run_demo(cfg, stop_event=stop, on_update=progress)
     if json_output:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from fraudkit.cli.app import ConfigOption, SetOption, app, console, err_console, load, stdout_is_terminal
+from fraudkit.textsafe import for_terminal, printable
 
 if TYPE_CHECKING:
     from fraudkit.detect import DetectSummary
@@ -94,7 +95,8 @@ def detect(
     )
 
     def log(message: str) -> None:
-        err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+        # Log lines quote control-topic fields and broker messages: text from outside.
+        err_console.print(printable(message), markup=False, highlight=False, soft_wrap=True)
 
     live_panel = stdout_is_terminal() and not json_output and not cfg.detect.quiet
     with stop_on_signals() as stop:
@@ -140,11 +142,14 @@ def _print_summary(summary: DetectSummary) -> None:
         return "-" if value is None else f"{value:g} ms"
 
     console.print(
-        f"detector {summary.detector}: {summary.consumed:,} consumed, {summary.verdicts:,} verdicts "
+        f"detector {for_terminal(summary.detector)}: {summary.consumed:,} consumed, {summary.verdicts:,} verdicts "
         f"({summary.fraud:,} fraud), {summary.dead_letters:,} dead letters, "
         f"{summary.throughput_per_s:,.0f} tx/s; latency p50 {ms('p50')}, p95 {ms('p95')}, p99 {ms('p99')}; "
-        f"model {summary.model_version}, {summary.retrains} retrains; stopped: {summary.stopped_because}",
+        f"model {for_terminal(summary.model_version)}, {summary.retrains} retrains; "
+        f"stopped: {for_terminal(summary.stopped_because)}",
         highlight=False,
     )
     if summary.last_retrain and summary.last_retrain.get("summary"):
-        console.print(f"last retraining: {summary.last_retrain['summary']}", highlight=False, markup=False)
+        console.print(
+            f"last retraining: {printable(summary.last_retrain['summary'])}", highlight=False, markup=False
+        )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fraudkit.cli.app import ConfigOption, SetOption, app, console, load, stdout_is_terminal
+from fraudkit.textsafe import for_terminal
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -36,6 +37,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as on
 def _number(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return for_terminal(value, 24)  # a manifest may hold anything
     if isinstance(value, int):
         return f"{value:,}"
     return f"{float(value):.{digits}f}"
@@ -391,13 +394,13 @@ def list_models(json_output: JsonOption = False, config: ConfigOption = None, se
     for info in infos:
         table.add_row(
             "*" if info.is_current else "",
-            info.version,
-            info.status,
-            info.created_at or "",
+            for_terminal(info.version),
+            for_terminal(info.status),
+            for_terminal(info.created_at or ""),
             _number(info.metrics.get("average_precision")),
             _number(info.metrics.get(f"card_precision@{k}")),
             _number(info.threshold),
-            info.trainer or (info.problem or ""),
+            for_terminal(info.trainer or (info.problem or "")),
         )
     console.print(table)
 

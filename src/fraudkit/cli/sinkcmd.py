@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from fraudkit.cli.app import ConfigOption, SetOption, app, console, err_console, load, stdout_is_terminal
+from fraudkit.textsafe import printable
 
 UrlOption = Annotated[
     str | None,
@@ -56,7 +57,7 @@ def sink(
     options = SinkOptions(until_idle_s=until_idle, max_messages=max_messages, duration_s=duration)
 
     def warn(message: str) -> None:
-        err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(f"warning: {printable(message)}", markup=False, highlight=False, soft_wrap=True)
 
     status = (
         console.status("sink: waiting for verdicts…") if stdout_is_terminal() and not json_output else None
