@@ -71,15 +71,15 @@ def shifted_monitor(window: int = 2000) -> tuple[DriftMonitor, np.random.Generat
 def test_the_monitor_flags_a_shifted_feature_once_and_its_recovery() -> None:
     monitor, rng = shifted_monitor()
     assert monitor.report().features == {}  # below min_rows
-    for _ in range(4):
-        monitor.add(np.column_stack([rng.normal(size=500), rng.exponential(size=500)]), rng.uniform(size=500))
+    for _ in range(8):
+        monitor.add(np.column_stack([rng.normal(size=250), rng.exponential(size=250)]), rng.uniform(size=250))
     report = monitor.report()
     assert report.rows == 2000
     assert max(report.features.values()) < 0.05 and report.score is not None and report.score < 0.05
     assert monitor.alarms(report) == []
-    for _ in range(4):
+    for _ in range(8):
         monitor.add(
-            np.column_stack([rng.normal(1.5, size=500), rng.exponential(size=500)]), rng.uniform(size=500)
+            np.column_stack([rng.normal(1.5, size=250), rng.exponential(size=250)]), rng.uniform(size=250)
         )
     report = monitor.report()
     assert report.rows == 2000  # the window slid: only shifted rows remain
@@ -89,8 +89,8 @@ def test_the_monitor_flags_a_shifted_feature_once_and_its_recovery() -> None:
     (change,) = monitor.alarms(report)
     assert change[:2] == ("card_amount_ratio_168h", "drifted")
     assert monitor.alarms(monitor.report()) == []  # no repeat while it stays drifted
-    for _ in range(4):
-        monitor.add(np.column_stack([rng.normal(size=500), rng.exponential(size=500)]), rng.uniform(size=500))
+    for _ in range(8):
+        monitor.add(np.column_stack([rng.normal(size=250), rng.exponential(size=250)]), rng.uniform(size=250))
     assert [c[:2] for c in monitor.alarms(monitor.report())] == [("card_amount_ratio_168h", "recovered")]
 
 

@@ -19,6 +19,9 @@ import numpy as np
 
 REFERENCE_FORMAT = 1
 PSI_FLOOR = 1e-4
+# Live rows binned per batch at most (evenly spaced): a sample is as good for a distribution over
+# thousands of rows, and keeps the cost per batch flat however large the batch.
+SAMPLE_PER_BATCH = 256
 SCORE = "score"
 MAX_REFERENCE_ROWS = 200_000
 
@@ -37,9 +40,12 @@ def bin_counts(columns: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Row counts per bin for each column: columns (n, m), edges (m, k) padded with +inf -> (m, k+1)."""
     m = columns.shape[1]
     width = edges.shape[1] + 1
-    index = (columns[:, :, None] > edges[None, :, :]).sum(axis=2)
-    flat = index + (np.arange(m) * width)[None, :]
-    return np.bincount(flat.ravel(), minlength=m * width).reshape(m, width)
+    by_column = np.ascontiguousarray(np.asarray(columns, dtype=np.float64).T)
+    counts = np.empty((m, width), dtype=np.int64)
+    for j in range(m):
+        # side="left": v lands in bin i when edges[i-1] < v <= edges[i]; NaN sorts past every edge.
+        counts[j] = np.bincount(np.searchsorted(edges[j], by_column[j], side="left"), minlength=width)
+    return counts
 
 
 def _padded(edge_lists: Sequence[np.ndarray]) -> np.ndarray:
@@ -177,15 +183,20 @@ class DriftMonitor:
         return not self.names and not self.has_score
 
     def add(self, features: np.ndarray, scores: np.ndarray | None) -> None:
-        """Bin one batch and slide the window."""
-        if self.empty or features.shape[0] == 0:
+        """Bin (a sample of) one batch and slide the window."""
+        total = features.shape[0]
+        if self.empty or total == 0:
             return
-        columns = features[:, self.columns] if self.columns else np.zeros((features.shape[0], 0))
+        rows: slice | np.ndarray = slice(None)
+        if total > SAMPLE_PER_BATCH:
+            rows = np.linspace(0, total - 1, SAMPLE_PER_BATCH).astype(np.intp)
+        sample = features[rows]
+        columns = sample[:, self.columns] if self.columns else np.zeros((sample.shape[0], 0))
         if self.has_score:
-            score_column = np.zeros(features.shape[0]) if scores is None else np.asarray(scores)
+            score_column = np.zeros(sample.shape[0]) if scores is None else np.asarray(scores)[rows]
             columns = np.column_stack([columns, score_column])
         counts = bin_counts(columns, self.edges)
-        n = features.shape[0]
+        n = sample.shape[0]
         self._batches.append((n, counts))
         self._totals += counts
         self.rows += n
