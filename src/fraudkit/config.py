@@ -324,6 +324,30 @@ class DemoConfig(Section):
     workdir: Path = Path(".fraudkit/demo")
 
 
+class MetricsConfig(Section):
+    """The HTTP endpoint of `detect`, `generate` and `sink`: Prometheus /metrics, /healthz, /readyz."""
+
+    port: int | None = Field(None, ge=0, lt=65536)
+    host: str = "127.0.0.1"
+    stall_after_s: float = Field(30.0, gt=0)
+
+
+class LogConfig(Section):
+    """How the long-running commands write their log lines (stderr)."""
+
+    format: Literal["text", "json"] = "text"
+
+
+class DriftConfig(Section):
+    """Label-free drift alarms: live feature and score distributions against the training ones."""
+
+    enabled: bool = True
+    bins: int = Field(10, ge=2, le=100)
+    window_rows: int = Field(10_000, gt=0)
+    min_rows: int = Field(1000, gt=0)
+    psi_threshold: float = Field(0.25, gt=0)
+
+
 class FraudkitConfig(Section):
     """The whole merged configuration."""
 
@@ -344,6 +368,9 @@ class FraudkitConfig(Section):
     sink: SinkConfig = Field(default_factory=SinkConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
 
 # Keys of these dicts are librdkafka property names, which contain dots; env vars spell them

@@ -37,6 +37,7 @@ from fraudkit.schema import InvalidMessage, Label, Transaction, decode_label
 
 if TYPE_CHECKING:
     from fraudkit.kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+    from fraudkit.observability.detect_telemetry import DetectTelemetry
 
 StatusCallback = Callable[[DetectStatus], None]
 LogCallback = Callable[[str], None]
@@ -92,6 +93,7 @@ class ModelHolder:
         self.swaps = 0
         self.retrains = 0
         self.last_retrain: dict[str, Any] | None = None
+        self.retrain_outcomes: dict[str, int] = {}  # published / rejected / failed, for metrics
         self._pending: tuple[Scorer, FeatureSpec] | None = None
         self._lock = threading.Lock()
 
@@ -127,6 +129,8 @@ class ModelHolder:
             self.retrains += 1
             if outcome is not None:
                 self.last_retrain = dict(outcome)
+                kind = str(outcome.get("type", "")).removeprefix("model_").removeprefix("retrain_")
+                self.retrain_outcomes[kind] = self.retrain_outcomes.get(kind, 0) + 1
 
 
 @dataclass
@@ -301,8 +305,12 @@ def run_detect(
     extensions: Sequence[DetectExtension] = (),
     holder: ModelHolder | None = None,
     torch_threads: int | None = 1,
+    telemetry: DetectTelemetry | None = None,
 ) -> DetectSummary:
-    """Run the detector until a bound is reached or `stop_event` is set; return its summary."""
+    """Run the detector until a bound is reached or `stop_event` is set; return its summary.
+
+    `telemetry` (fraudkit.observability) gets the loop's figures for metrics, probes and drift.
+    """
     options = DetectOptions(
         duration_s=duration_s,
         max_transactions=max_transactions,
@@ -330,7 +338,11 @@ def run_detect(
         config,
         [topics.transactions, topics.legit, topics.fraud, topics.verdicts, topics.labels, topics.dead_letter],
     )
-    loop = _DetectLoop(config, holder, options, stop_event or threading.Event(), on_status, log, extensions)
+    if telemetry is not None:
+        extensions = [*extensions, telemetry]
+    loop = _DetectLoop(
+        config, holder, options, stop_event or threading.Event(), on_status, log, extensions, telemetry
+    )
     return loop.run()
 
 
@@ -409,6 +421,7 @@ class _DetectLoop:
         on_status: StatusCallback | None,
         log: LogCallback,
         extensions: Sequence[DetectExtension],
+        telemetry: DetectTelemetry | None = None,
     ) -> None:
         from fraudkit import kafka
 
@@ -446,6 +459,9 @@ class _DetectLoop:
         self.labels_consumer: Consumer | None = None
         self.in_transaction = False
         self.closing = False
+        self.telemetry = telemetry
+        if telemetry is not None:
+            telemetry.bind(self.summary, self.latency, holder)
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -649,6 +665,8 @@ class _DetectLoop:
         done = time.monotonic()
         self.last_batch_at = done
         self._batch_times.append(done - batch_started)
+        if self.telemetry is not None:
+            self.telemetry.batch_processed(done - batch_started, batch.bad if batch is not None else ())
 
     def _score(self, messages: list[Message]) -> _Batch | None:
         consumed_ms = _now_ms()
@@ -926,6 +944,8 @@ class _DetectLoop:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update(p.partition for p in partitions)
         self.last_activity = time.monotonic()
+        if self.telemetry is not None:
+            self.telemetry.assigned(sorted(self.assigned))
         self.log(f"assigned partitions {sorted(self.assigned)} of {self.topics.transactions}")
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -990,7 +1010,8 @@ class _DetectLoop:
 
     # -- status and summary -------------------------------------------------------------------
 
-    def _lag(self) -> int | None:
+    def _partition_lag(self) -> dict[int, int] | None:
+        """Messages behind the end of each assigned partition (None without partitions or on error)."""
         if not self.assigned:
             return None
         kafka = self.kafka
@@ -999,11 +1020,11 @@ class _DetectLoop:
             positions = self.consumer.position(
                 [kafka.TopicPartition(topic, p) for p in sorted(self.assigned)]
             )
-            lag = 0
+            lag: dict[int, int] = {}
             for position in positions:
                 _, high = self.consumer.get_watermark_offsets(position, cached=True)
                 if position.offset >= 0 and high >= 0:
-                    lag += max(0, high - position.offset)
+                    lag[position.partition] = max(0, high - position.offset)
             return lag
         except kafka.KafkaException:
             return None
@@ -1015,7 +1036,8 @@ class _DetectLoop:
         summary = self.summary
         batch_ms = 1000.0 * sum(self._batch_times) / len(self._batch_times) if self._batch_times else None
         latency = self.recent_latency.summary() if self.recent_latency.total else self.latency.summary()
-        return DetectStatus(
+        partition_lag = self._partition_lag()
+        status = DetectStatus(
             detector=self.instance_id,
             elapsed_s=now - self.started,
             consumed=summary.consumed,
@@ -1023,7 +1045,7 @@ class _DetectLoop:
             fraud=summary.fraud,
             dead_letters=summary.dead_letters,
             rate_per_s=(summary.consumed - self._status_consumed) / interval,
-            lag=self._lag(),
+            lag=None if partition_lag is None else sum(partition_lag.values()),
             batch_ms=batch_ms,
             latency_ms=latency,
             model_version=self.holder.model.version,
@@ -1035,7 +1057,11 @@ class _DetectLoop:
             cards=self.holder.features.state_counts()["cards"],
             exactly_once=self.options.exactly_once,
             notes=self._notes(),
+            drift=self.telemetry.drift_check() if self.telemetry is not None else {},
         )
+        if self.telemetry is not None:
+            self.telemetry.observe_status(status, partition_lag or {})
+        return status
 
     def _notes(self) -> list[str]:
         notes = list(self.notes)
@@ -1045,8 +1071,10 @@ class _DetectLoop:
         return notes
 
     def _emit_status(self, now: float) -> None:
-        if self.on_status is not None:
-            self.on_status(self.status(now))
+        if self.on_status is not None or self.telemetry is not None:
+            status = self.status(now)
+            if self.on_status is not None:
+                self.on_status(status)
         self._status_at = now
         self._status_consumed = self.summary.consumed
         self._batch_times = []

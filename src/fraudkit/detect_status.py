@@ -214,6 +214,7 @@ class DetectStatus:
     cards: int
     exactly_once: bool
     notes: list[str] = field(default_factory=list)
+    drift: dict[str, Any] = field(default_factory=dict)  # DriftReport.to_dict() once the window is full
 
     @property
     def fraud_rate(self) -> float:
@@ -245,13 +246,58 @@ def format_log_line(status: DetectStatus) -> str:
         if quality
         else ""
     )
+    drifted = status.drift.get("drifted") or []
+    drift_text = f" drifted={','.join(drifted)}" if drifted else ""
     return (
         f"detect {status.detector}: consumed={status.consumed} rate={status.rate_per_s:,.0f}/s "
         f"lag={'-' if status.lag is None else status.lag} fraud={status.fraud} "
         f"({status.fraud_rate:.2%}) dead_letters={status.dead_letters} "
         f"p99={_number(latency.get('p99'), 0)}ms model={printable(status.model_version)} "
-        f"retrains={status.retrains}{quality_text}"
+        f"retrains={status.retrains}{quality_text}{drift_text}"
     )
+
+
+def status_fields(status: DetectStatus) -> dict[str, Any]:
+    """The numbers of a status as flat JSON-log fields (quality of the serving model, worst drift)."""
+    quality = status.quality.get(status.model_version)
+    fields: dict[str, Any] = {
+        "consumed": status.consumed,
+        "verdicts": status.verdicts,
+        "fraud": status.fraud,
+        "fraud_rate": round(status.fraud_rate, 6),
+        "dead_letters": status.dead_letters,
+        "rate_per_s": round(status.rate_per_s, 1),
+        "lag": status.lag,
+        "batch_ms": None if status.batch_ms is None else round(status.batch_ms, 3),
+        "latency_ms": status.latency_ms,
+        "model_version": status.model_version,
+        "model_swaps": status.model_swaps,
+        "retrains": status.retrains,
+        "labels": status.labels,
+        "partitions": status.partitions,
+        "cards": status.cards,
+    }
+    if quality is not None:
+        fields.update(
+            precision=quality.precision,
+            recall=quality.recall,
+            average_precision=quality.average_precision,
+            labelled=quality.labelled,
+        )
+    if status.drift:
+        fields["drift"] = status.drift
+    return fields
+
+
+def _drift_text(drift: dict[str, Any]) -> str:
+    """The panel's drift line: the worst columns by PSI, drifted ones marked."""
+    values = dict(drift.get("features") or {})
+    if drift.get("score") is not None:
+        values["score"] = drift["score"]
+    drifted = set(drift.get("drifted") or [])
+    worst = sorted(values.items(), key=lambda item: -item[1])[:4]
+    text = ", ".join(f"{name} {value:.2f}{' !' if name in drifted else ''}" for name, value in worst)
+    return f"{text} (over {drift.get('rows', 0):,} rows, alarm > {drift.get('threshold')})"
 
 
 def render_panel(status: DetectStatus) -> RenderableType:
@@ -311,6 +357,14 @@ def render_panel(status: DetectStatus) -> RenderableType:
     if not status.quality:
         quality.add_row("-", "waiting for labels", "", "", "", "", "")
     parts: list[RenderableType] = [overview, quality]
+    if status.drift:
+        drifted = bool(status.drift.get("drifted"))
+        parts.append(
+            Text(
+                f"drift PSI: {_drift_text(status.drift)}",
+                style="bold red" if drifted else "green",
+            )
+        )
     parts.extend(Text(printable(note), style="yellow") for note in status.notes[-3:])
     mode = "exactly-once" if status.exactly_once else "at-least-once"
     return Panel(

@@ -211,8 +211,13 @@ class Registry:
         promote: bool = True,
         status: str = STATUS_PUBLISHED,
         reason: str | None = None,
+        drift_reference: Mapping[str, Any] | None = None,
     ) -> str:
-        """Store a new version (weights, manifest, checksum) and optionally make it current."""
+        """Store a new version (weights, manifest, checksum) and optionally make it current.
+
+        `drift_reference` (fraudkit.observability.drift.build_reference) is the training
+        distribution live drift is measured against; manifests without one load as before.
+        """
         from safetensors.numpy import save
 
         arrays = state_to_numpy(model_state)
@@ -246,6 +251,8 @@ class Registry:
         }
         if reason is not None:
             manifest["reason"] = reason
+        if drift_reference is not None:
+            manifest["drift_reference"] = dict(drift_reference)
         weights = save(arrays, metadata={"fraudkit_version": __version__, "version": version})
         manifest_bytes = json.dumps(jsonable(manifest), indent=2, allow_nan=False).encode() + b"\n"
         checksum = f"{_sha256(weights)}  {WEIGHTS_FILE}\n{_sha256(manifest_bytes)}  {MANIFEST_FILE}\n"

@@ -256,7 +256,7 @@ def run_job(job: dict[str, Any], log: Callable[[str], None] = print) -> dict[str
     from fraudkit.label_buffer import LabelBuffer
     from fraudkit.registry import Registry
     from fraudkit.spark import spark_session
-    from fraudkit.train import data_fingerprint
+    from fraudkit.train import data_fingerprint, drift_reference
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -337,6 +337,7 @@ def run_job(job: dict[str, Any], log: Callable[[str], None] = print) -> dict[str
         "data_fingerprint": data_fingerprint(table.loc[train_mask | valid_mask], names),
         "training": training,
         "trainer": trainer,
+        "drift_reference": drift_reference(table.loc[train_mask | valid_mask], names, contest.fit, config),
     }
     phase = time.perf_counter()
     registry = Registry(config.registry.path)

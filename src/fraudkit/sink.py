@@ -189,12 +189,14 @@ class SinkRunner:
         on_batch: Callable[[SinkSummary], None] | None = None,
         database: Database | None = None,
         consumer: Any = None,
+        on_tick: Callable[[SinkSummary, bool], None] | None = None,
     ) -> None:
         self.config = config
         self.options = options
         self.stop = stop or threading.Event()
         self.on_event = on_event or (lambda message: None)
         self.on_batch = on_batch
+        self.on_tick = on_tick  # every turn of the loop: (summary, partitions assigned), for probes
         self.database = database or open_database(
             config.sink.url, config.sink.table, config.sink.labels_table
         )
@@ -276,6 +278,8 @@ class SinkRunner:
         if self.options.until_idle_s is not None:
             timeout = min(timeout, max(self.options.until_idle_s / 2, 0.05))
         while not self.stop.is_set():
+            if self.on_tick is not None:
+                self.on_tick(self.summary, self._assigned_at is not None)
             reason = self._bound_reached(started)
             if reason:
                 return reason
@@ -366,6 +370,7 @@ def run_sink(
     stop: threading.Event | None = None,
     on_event: EventCallback | None = None,
     on_batch: Callable[[SinkSummary], None] | None = None,
+    on_tick: Callable[[SinkSummary, bool], None] | None = None,
 ) -> SinkSummary:
     """Consume verdicts (and labels) into sink.url until a bound or a stop; return the summary."""
-    return SinkRunner(config, options, stop, on_event, on_batch).run()
+    return SinkRunner(config, options, stop, on_event, on_batch, on_tick=on_tick).run()

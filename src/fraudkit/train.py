@@ -309,6 +309,19 @@ def _fit(
     return FitResult(model_state, normalisation, float(threshold), metrics, history)
 
 
+def drift_reference(
+    table: pd.DataFrame, feature_names: Sequence[str], result: FitResult, config: FraudkitConfig
+) -> dict[str, Any]:
+    """The training distribution of each feature and of the model's score, for live drift alarms."""
+    from fraudkit.observability.drift import training_reference
+
+    names = list(feature_names)
+    served = LoadedModel.from_state(
+        result.model_state, names, result.normalisation, result.threshold, config.train.hidden_sizes
+    )
+    return training_reference(table[names].to_numpy(dtype=np.float32), names, served.score, config.drift.bins)
+
+
 def positive_weight(train_cfg: TrainConfig, negatives: int, positives: int) -> float:
     """Loss weight of fraud rows: configured, else sqrt(legit/fraud) (full balancing overshoots)."""
     if train_cfg.pos_weight is not None:
@@ -449,6 +462,7 @@ def train_from_dataset(
         "threshold_rule": config.train.threshold.model_dump(mode="json"),
     }
     registry = Registry(config.registry.path)
+    reference = drift_reference(table.loc[rows], spec.names, result, config)
     version = registry.publish(
         result.model_state,
         feature_names=spec.names,
@@ -463,6 +477,7 @@ def train_from_dataset(
         training=training,
         trainer="fraudkit train",
         promote=promote,
+        drift_reference=reference,
     )
     timings["total_s"] = time.perf_counter() - started
     return TrainReport(

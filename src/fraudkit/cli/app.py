@@ -91,6 +91,38 @@ SetOption = Annotated[
 ]
 
 
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help="Log lines on stderr: text, or json (one object per line) (log.format).",
+        show_default=False,
+    ),
+]
+MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve /metrics, /healthz and /readyz on this port (metrics.port; 0: off).",
+        show_default=False,
+    ),
+]
+
+
+def event_log(config: FraudkitConfig, component: str, instance_id: str) -> Any:
+    """The command's log writer (log.format): rich text lines on stderr, or JSON lines on stderr."""
+    from fraudkit.observability.logs import EventLog
+    from fraudkit.textsafe import printable
+
+    def text(message: str) -> None:
+        # Log lines quote control-topic fields and broker messages: text from outside.
+        err_console.print(printable(message), markup=False, highlight=False, soft_wrap=True)
+
+    return EventLog(component, instance_id, config.log.format, stream=sys.stderr, text_writer=text)
+
+
 def load(config_path: Path | None, set_options: list[str] | None = None, **flags: Any) -> FraudkitConfig:
     """Load config with precedence defaults < YAML < env < --set < explicit flags (dotted keys)."""
     overrides = parse_set_options(set_options or [])

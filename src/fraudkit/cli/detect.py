@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, console, err_console, load, stdout_is_terminal
+from fraudkit.cli.app import (
+    ConfigOption,
+    LogFormatOption,
+    MetricsPortOption,
+    SetOption,
+    app,
+    console,
+    event_log,
+    load,
+    stdout_is_terminal,
+)
 from fraudkit.textsafe import for_terminal, printable
 
 if TYPE_CHECKING:
@@ -73,12 +83,16 @@ def detect(
         bool | None,
         typer.Option("--retrain/--no-retrain", help="Live retraining on or off.", show_default=False),
     ] = None,
+    log_format: LogFormatOption = None,
+    metrics_port: MetricsPortOption = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
     """Score transactions as they arrive: verdicts, fraud/legit branches, dead letters."""
-    from fraudkit.detect import run_detect
-    from fraudkit.detect_status import format_log_line, render_panel
+    from fraudkit.detect import default_instance_id, run_detect
+    from fraudkit.detect_status import format_log_line, render_panel, status_fields
+    from fraudkit.observability.detect_telemetry import DetectTelemetry
+    from fraudkit.observability.runtime import serving
     from fraudkit.retrain import retrain_extensions
     from fraudkit.signals import stop_on_signals
 
@@ -92,24 +106,26 @@ def detect(
         detect__quiet=True if quiet else None,
         retrain__role=role,
         retrain__enabled=retrain,
+        log__format=log_format,
+        metrics__port=metrics_port,
     )
-
-    def log(message: str) -> None:
-        # Log lines quote control-topic fields and broker messages: text from outside.
-        err_console.print(printable(message), markup=False, highlight=False, soft_wrap=True)
+    instance = instance_id or default_instance_id()
+    log = event_log(cfg, "detect", instance)
+    telemetry = DetectTelemetry(cfg, instance)
 
     live_panel = stdout_is_terminal() and not json_output and not cfg.detect.quiet
-    with stop_on_signals() as stop:
+    with stop_on_signals() as stop, serving(cfg, telemetry.registry, telemetry.health, log):
         run = functools.partial(
             run_detect,
             cfg,
             duration_s=duration,
             max_transactions=max_transactions,
             until_idle_s=until_idle,
-            instance_id=instance_id,
+            instance_id=instance,
             stop_event=stop,
             on_log=log,
             extensions=retrain_extensions(cfg),
+            telemetry=telemetry,
         )
         if live_panel:
             from rich.live import Live
@@ -123,7 +139,7 @@ def detect(
                 now = time.monotonic()
                 if now - last_line[0] >= LOG_EVERY_S:
                     last_line[0] = now
-                    log(format_log_line(status))
+                    log.status(format_log_line(status), status_fields(status))
 
             summary = run(on_status=log_status)
     if json_output:

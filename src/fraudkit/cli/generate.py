@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, console, load, stdout_is_terminal
+from fraudkit.cli.app import (
+    ConfigOption,
+    LogFormatOption,
+    MetricsPortOption,
+    SetOption,
+    app,
+    console,
+    event_log,
+    load,
+    stdout_is_terminal,
+)
 from fraudkit.errors import ConfigError
+
+# JSON logs: one status event this often.
+LOG_EVERY_S = 5.0
 
 
 @app.command("generate")
@@ -56,11 +71,15 @@ def generate(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the final summary as one JSON object.")
     ] = False,
+    log_format: LogFormatOption = None,
+    metrics_port: MetricsPortOption = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
     """Produce transactions (and their delayed labels) and show the client's view of the verdicts."""
     from fraudkit.generate import GenerateSummary, run_generate, status_panel
+    from fraudkit.observability.pipeline_telemetry import GenerateTelemetry
+    from fraudkit.observability.runtime import process_instance_id, serving
     from fraudkit.signals import stop_on_signals
 
     if max_rate and rate is not None:
@@ -92,20 +111,39 @@ def generate(
         generate__flush_labels=True if flush_labels else None,
         generate__read_verdicts=False if no_verdicts else None,
         generate__verdict_wait_s=verdict_wait,
+        log__format=log_format,
+        metrics__port=metrics_port,
     )
     if max_rate:
         cfg.generate.rate = None
+    instance = process_instance_id()
+    log = event_log(cfg, "generate", instance)
+    telemetry = GenerateTelemetry(cfg, instance)
+    last_line = [time.monotonic()]
+
+    def observe(status: GenerateSummary) -> None:
+        telemetry.update(status)
+        now = time.monotonic()
+        # JSON logs get a status event every few seconds (text mode keeps its panel or silence).
+        if log.format == "json" and now - last_line[0] >= LOG_EVERY_S:
+            last_line[0] = now
+            log.status(f"generate: sent={status.sent} phase={status.phase}", asdict(status))
 
     live_panel = not json_output and stdout_is_terminal()
-    with stop_on_signals() as stop:
+    with stop_on_signals() as stop, serving(cfg, telemetry.registry, telemetry.health, log):
         if live_panel:
             from rich.live import Live
 
             first = GenerateSummary(read_verdicts=cfg.generate.read_verdicts, target_rate=cfg.generate.rate)
             with Live(status_panel(first), console=console, refresh_per_second=4, transient=True) as live:
-                summary = run_generate(cfg, stop, on_status=lambda status: live.update(status_panel(status)))
+
+                def show(status: GenerateSummary) -> None:
+                    observe(status)
+                    live.update(status_panel(status))
+
+                summary = run_generate(cfg, stop, on_status=show)
         else:
-            summary = run_generate(cfg, stop)
+            summary = run_generate(cfg, stop, on_status=observe)
     if json_output:
         import orjson
 

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, console, err_console, load, stdout_is_terminal
-from fraudkit.textsafe import printable
+from fraudkit.cli.app import (
+    ConfigOption,
+    LogFormatOption,
+    MetricsPortOption,
+    SetOption,
+    app,
+    console,
+    err_console,
+    event_log,
+    load,
+    stdout_is_terminal,
+)
 
 UrlOption = Annotated[
     str | None,
     typer.Option("--url", help="Database URL: sqlite:///file.db or postgresql://user:pw@host/db (sink.url)."),
 ]
+# JSON logs: one status event this often.
+LOG_EVERY_S = 5.0
 TableOption = Annotated[str | None, typer.Option("--table", help="Predictions table (sink.table).")]
 
 
@@ -44,37 +57,59 @@ def sink(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object.")
     ] = False,
+    log_format: LogFormatOption = None,
+    metrics_port: MetricsPortOption = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
     """Write verdicts (and labels) to fraud_predictions; offsets committed after each database commit."""
+    from fraudkit.observability.pipeline_telemetry import SinkTelemetry
+    from fraudkit.observability.runtime import process_instance_id, serving
     from fraudkit.signals import stop_on_signals
     from fraudkit.sink import SinkOptions, SinkSummary, run_sink
 
     cfg = load(
-        config, set_, sink__url=url, sink__table=table, sink__labels=labels, sink__batch_size=batch_size
+        config,
+        set_,
+        sink__url=url,
+        sink__table=table,
+        sink__labels=labels,
+        sink__batch_size=batch_size,
+        log__format=log_format,
+        metrics__port=metrics_port,
     )
     options = SinkOptions(until_idle_s=until_idle, max_messages=max_messages, duration_s=duration)
+    instance = process_instance_id()
+    log = event_log(cfg, "sink", instance)
+    telemetry = SinkTelemetry(cfg, instance)
+    last_line = [time.monotonic()]
 
     def warn(message: str) -> None:
-        err_console.print(f"warning: {printable(message)}", markup=False, highlight=False, soft_wrap=True)
+        log(f"warning: {message}")
 
     status = (
         console.status("sink: waiting for verdicts…") if stdout_is_terminal() and not json_output else None
     )
 
     def progress(summary: SinkSummary) -> None:
+        telemetry.batch(summary)
+        now = time.monotonic()
+        if log.format == "json" and now - last_line[0] >= LOG_EVERY_S:
+            last_line[0] = now
+            log.status(f"sink: {summary.verdicts} verdicts, {summary.labels} labels", summary.to_dict())
         if status is not None:
             status.update(
                 f"sink: {summary.verdicts:,} verdicts ({summary.inserted:,} new), "
                 f"{summary.labels:,} labels, {summary.batches:,} batches"
             )
 
-    with stop_on_signals() as stop:
+    with stop_on_signals() as stop, serving(cfg, telemetry.registry, telemetry.health, log):
         if status is not None:
             status.start()
         try:
-            summary = run_sink(cfg, options, stop=stop, on_event=warn, on_batch=progress)
+            summary = run_sink(
+                cfg, options, stop=stop, on_event=warn, on_batch=progress, on_tick=telemetry.tick
+            )
         finally:
             if status is not None:
                 status.stop()
