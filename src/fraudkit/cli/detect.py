@@ -79,6 +79,7 @@ def detect(
     from fraudkit.detect import run_detect
     from fraudkit.detect_status import format_log_line, render_panel
     from fraudkit.retrain import retrain_extensions
+    from fraudkit.rules_live import rules_extensions
     from fraudkit.signals import stop_on_signals
 
     cfg = load(
@@ -107,7 +108,7 @@ def detect(
             instance_id=instance_id,
             stop_event=stop,
             on_log=log,
-            extensions=retrain_extensions(cfg),
+            extensions=[*rules_extensions(cfg), *retrain_extensions(cfg)],
         )
         if live_panel:
             from rich.live import Live
