@@ -91,7 +91,10 @@ def test_conditions_evaluate_over_the_batch(when: str, expected: list[bool]) -> 
         ("amount -5 > 1", "character 8: arithmetic is not supported"),
         ('country in ["FR", 1]', "a list mixes numbers and strings"),
         ("country in [1, 2]", "country (text) is tested against a list of numbers"),
-        ("__import__('os') == 1", "character 11: expected a comparison (== != < <= > >= in) after __import__, found '('"),
+        (
+            "__import__('os') == 1",
+            "character 11: expected a comparison (== != < <= > >= in) after __import__, found '('",
+        ),
         ("amount > 1 and", "character 15: expected a field"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 # Importing each module registers its commands on `app`.
 from fraudkit.cli import broker as _broker  # noqa: F401
 from fraudkit.cli import configcmd as _configcmd  # noqa: F401
+from fraudkit.cli import dashboard as _dashboard  # noqa: F401
 from fraudkit.cli import data as _data  # noqa: F401
 from fraudkit.cli import demo as _demo  # noqa: F401
 from fraudkit.cli import detect as _detect  # noqa: F401
