@@ -272,6 +272,8 @@ class DetectConfig(Section):
     recent_verdicts: int = Field(200_000, gt=0)
     quality_window: int = Field(5000, gt=0)
     warm_labels: bool = True
+    rules_file: Path | None = None
+    follow_rules: bool = True
 
 
 class RetrainConfig(Section):
@@ -313,6 +315,24 @@ class ReportConfig(Section):
     bucket: Literal["auto", "hour", "day"] = "auto"
     top: int = Field(10, gt=0)
     refresh_s: float = Field(2.0, gt=0, le=MAX_WAIT_S)
+
+
+class DashboardConfig(Section):
+    """`fraudkit dashboard`: the live web page over the sink's database, and analyst review."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8050, ge=0, lt=65536)
+    review_token: str | None = None
+    refresh_s: float = Field(2.0, gt=0)
+    verdicts: int = Field(50, gt=0, le=1000)
+    minutes: int = Field(30, gt=0, le=1440)
+
+    @field_validator("review_token")
+    @classmethod
+    def _long_token(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 16:
+            raise ValueError("must be at least 16 characters (or null to disable reviews)")
+        return value
 
 
 class DemoConfig(Section):
@@ -367,6 +387,7 @@ class FraudkitConfig(Section):
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     sink: SinkConfig = Field(default_factory=SinkConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)

@@ -396,10 +396,14 @@ def _detector_main(config_json: str, events: Any, stop: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from fraudkit.detect import run_detect
     from fraudkit.retrain import retrain_extensions
+    from fraudkit.rules_live import rules_extensions
 
     config = FraudkitConfig.model_validate_json(config_json)
     try:
-        extensions = list(retrain_extensions(config, on_outcome=lambda event: events.put(("retrain", event))))
+        extensions = [
+            *rules_extensions(config),
+            *retrain_extensions(config, on_outcome=lambda event: events.put(("retrain", event))),
+        ]
         summary = run_detect(
             config,
             stop_event=stop,

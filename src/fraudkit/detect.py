@@ -38,6 +38,7 @@ from fraudkit.schema import InvalidMessage, Label, Transaction, decode_label
 if TYPE_CHECKING:
     from fraudkit.kafka import Consumer, KafkaError, Message, Producer, TopicPartition
     from fraudkit.observability.detect_telemetry import DetectTelemetry
+    from fraudkit.rules import ActiveRules
 
 StatusCallback = Callable[[DetectStatus], None]
 LogCallback = Callable[[str], None]
@@ -96,6 +97,8 @@ class ModelHolder:
         self.retrain_outcomes: dict[str, int] = {}  # published / rejected / failed, for metrics
         self._pending: tuple[Scorer, FeatureSpec] | None = None
         self._lock = threading.Lock()
+        # Rules applied after scoring; installed between batches by RulesExtension (fraudkit.rules_live).
+        self.rules: ActiveRules | None = None
 
     def offer(self, model: Scorer, spec: FeatureSpec | None = None) -> None:
         """Queue a model to serve from the next batch on (thread-safe; the latest offer wins)."""
@@ -687,10 +690,15 @@ class _DetectLoop:
         transactions, good, bad = decode_batch(values)
         holder = self.holder
         model = holder.model
+        rule_outcome = None
         if transactions:
             features = holder.features.transform(transactions)
             scores_array = np.asarray(model.score(features), dtype=np.float64)
             fraud_array = scores_array >= model.threshold
+            if holder.rules is not None:
+                rule_outcome = holder.rules.apply(transactions, features, holder.spec.names, fraud_array)
+                if rule_outcome is not None:
+                    fraud_array = rule_outcome.fraud
             reasons: dict[int, list[dict[str, Any]]] = {}
             flagged = np.flatnonzero(fraud_array)
             if flagged.size and self.detect.reasons > 0:
@@ -717,6 +725,7 @@ class _DetectLoop:
             consumed_ms,
             verdict_ms,
             self.instance_id,
+            rule_outcome,
         )
         produced_ms = [
             produced for produced in (tx.produced_ms for tx in transactions) if produced is not None

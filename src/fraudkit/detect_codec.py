@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -17,6 +17,9 @@ from fraudkit.schema import (
     Transaction,
     decode_transaction,
 )
+
+if TYPE_CHECKING:
+    from fraudkit.rules import RuleOutcome
 
 _OPTIONAL_TEXT = ("customer_id", "terminal_id", "currency", "merchant_category", "country")
 _isfinite = math.isfinite
@@ -188,6 +191,9 @@ def verdict_record(
         "country": transaction.country,
         "merchant_category": transaction.merchant_category,
         "detector": detector,
+        "rules": [],
+        "review": False,
+        "rules_version": None,
     }
 
 
@@ -201,10 +207,18 @@ def encode_verdicts(
     consumed_ms: int,
     verdict_ms: int,
     detector: str,
+    rule_outcome: RuleOutcome | None = None,
 ) -> list[bytes]:
-    """JSON bytes of every verdict of a batch; `reasons` maps row index to reason codes (fraud rows)."""
+    """JSON bytes of every verdict of a batch; `reasons` maps row index to reason codes (fraud rows).
+
+    `rule_outcome` (rules applied to the batch) names the matching rules of each row and its review flag.
+    """
     dumps = orjson.dumps
     no_reasons: list[dict[str, Any]] = []
+    no_rules: list[str] = []
+    fired: Sequence[list[str]] = rule_outcome.fired if rule_outcome is not None else ()
+    review: list[bool] = rule_outcome.review.tolist() if rule_outcome is not None else []
+    rules_version = rule_outcome.version if rule_outcome is not None else None
     out = []
     for index, (transaction, score, fraud) in enumerate(zip(transactions, scores, frauds, strict=True)):
         out.append(
@@ -228,6 +242,9 @@ def encode_verdicts(
                     "country": transaction.country,
                     "merchant_category": transaction.merchant_category,
                     "detector": detector,
+                    "rules": fired[index] if fired else no_rules,
+                    "review": review[index] if review else False,
+                    "rules_version": rules_version,
                 }
             )
         )

@@ -18,6 +18,7 @@ from fraudkit.config import FraudkitConfig
 from fraudkit.errors import ConfigError, DataError, ModelError
 from fraudkit.metrics import DAY_MS, card_precision_at_k
 from fraudkit.model import LoadedModel, RuleModel
+from fraudkit.rules import FrameColumns, RuleSet, backtest_scores
 from fraudkit.train import (
     TimeWindows,
     card_keys,
@@ -105,8 +106,12 @@ def evaluate_model(
     predictions_out: Path | str | None = None,
     plot_dir: Path | str | None = None,
     stage: Callable[[str], None] | None = None,
+    rule_set: RuleSet | None = None,
 ) -> EvalReport:
-    """Evaluate `model_name` ("vN", "current" or "rules") on rows of `data_path` in [from, to)."""
+    """Evaluate `model_name` ("vN", "current" or "rules") on rows of `data_path` in [from, to).
+
+    With `rule_set`, two more columns backtest it: the rules alone and the model with the rules.
+    """
     from fraudkit.datasets import load_mapping
 
     def announce(text: str) -> None:
@@ -118,6 +123,8 @@ def evaluate_model(
     to_ms = parse_time_ms(to_time, "--to")
     mapping = load_mapping(mapping_name)
     model, spec, model_windows = _model_and_spec(config, model_name, mapping)
+    # A rule naming an unknown feature fails now, not after minutes of Spark.
+    compiled = rule_set.compile(list(spec.names)) if rule_set is not None else None
     announce("reading the dataset")
     first_ms, last_ms, _ = time_range(spark, data_path, mapping)
     notes: list[str] = []
@@ -206,6 +213,16 @@ def evaluate_model(
     results.append(result_for(rule_name, "rules", rule_scores, 0.5))
     if model is None:
         model_scores = rule_scores
+    if rule_set is not None and compiled is not None:
+        announce(f"backtesting rules {rule_set.version} ({len(rule_set)} rule(s))")
+        columns = FrameColumns(_with_fields(spark, data_path, mapping, scored, rule_set.names))
+        model_threshold = model.threshold if model is not None else 0.5
+        model_label = "MLP" if model is not None else rule_name
+        assert model_scores is not None
+        alone, combined = backtest_scores(compiled, columns, model_scores, model_threshold)
+        results.append(result_for(f"rules {rule_set.version}", "rules", alone, 0.5))
+        combined_version = f"{model.version} + rules" if model is not None else "+ rules"
+        results.append(result_for(model_label, combined_version, combined, model_threshold))
 
     days = card_precision_at_k(cards, event_times, labels, rule_scores, k=top_k).days
     report = EvalReport(
@@ -231,6 +248,23 @@ def evaluate_model(
         curves[rule_name] = rule_scores
         report.files.extend(plot_curves(labels, curves, Path(plot_dir)))
     return report
+
+
+def _with_fields(
+    spark: Any, data_path: Path | str, mapping: Any, scored: pd.DataFrame, names: set[str]
+) -> pd.DataFrame:
+    """The scored rows with the transaction fields rules read that the feature table lacks."""
+    from fraudkit.datasets import load_spark
+    from fraudkit.rules import NUMBER_FIELDS, TEXT_FIELDS
+
+    missing = sorted(
+        name for name in names if name in (*TEXT_FIELDS, *NUMBER_FIELDS) and name not in scored.columns
+    )
+    if not missing:
+        return scored
+    fields: Any = load_spark(spark, str(data_path), mapping).select("transaction_id", *missing).toPandas()
+    merged = scored.merge(fields.drop_duplicates("transaction_id"), on="transaction_id", how="left")
+    return merged.reset_index(drop=True)
 
 
 def _has_fraud_in(table: pd.DataFrame, windows: TimeWindows) -> bool:

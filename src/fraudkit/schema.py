@@ -91,10 +91,12 @@ class Label:
     terminal_id: str | None = None
     labelled_ms: int | None = None
     fraud_scenario: str | None = None
+    # Who said so: None (unset: the generator's chargebacks), "analyst" (the dashboard's review).
+    source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The wire form."""
-        return {
+        """The wire form (`source` only when set, so older labels keep their exact bytes)."""
+        data: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "transaction_id": self.transaction_id,
             "event_time_ms": self.event_time_ms,
@@ -104,6 +106,9 @@ class Label:
             "labelled_ms": self.labelled_ms,
             "fraud_scenario": self.fraud_scenario,
         }
+        if self.source is not None:
+            data["source"] = self.source
+        return data
 
 
 def encode(record: Transaction | Label | dict[str, Any]) -> bytes:
@@ -235,6 +240,7 @@ def decode_label(raw: bytes | str | None) -> Label:
         if isinstance(labelled, int | float) and not isinstance(labelled, bool)
         else None,
         fraud_scenario=_optional_str(data, "fraud_scenario"),
+        source=_optional_str(data, "source"),
     )
 
 

@@ -177,3 +177,71 @@ def test_evaluate_refuses_an_empty_window_and_a_tampered_model(
     tampered = run(["evaluate", "--data", str(dataset)], tmp_path)
     assert tampered.exit_code == 4
     assert "model.safetensors does not match its checksum" in tampered.output
+
+
+def test_evaluate_backtests_a_rule_set_beside_the_model(dataset: Path, trained: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from fraudkit.datasets import load_frame, load_mapping
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - {name: big_abroad, when: 'amount > 300 and country not in [\"FR\"]', action: flag}\n"
+        "  - {name: busy_card, when: card_count_1h >= 3, action: review}\n"
+    )
+    predictions = tmp_path / "predictions.csv"
+    table = run(["evaluate", "--data", str(dataset), "--rules", str(rules)], trained)
+    assert table.exit_code == 0, table.output
+    result = run(
+        [
+            "evaluate",
+            "--data",
+            str(dataset),
+            "--rules",
+            str(rules),
+            "--predictions-out",
+            str(predictions),
+            "--json",
+        ],
+        trained,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    by_name = {(r["name"], r["version"]): r for r in report["results"]}
+    (rules_name,) = [name for name, version in by_name if version == "rules" and name.startswith("rules ")]
+    assert f"backtesting {rules_name}" in table.output
+    # The rules column and the model + rules column sit beside the model's in the table.
+    recall_row = table_row(table.output, "recall")
+    flagged_row = table_row(table.output, "flagged")
+    assert len(recall_row) == len(flagged_row) == 5  # MLP, logistic, amount rule, rules, MLP + rules
+    model = by_name[("MLP", "v1")]
+    combined = by_name[("MLP", "v1 + rules")]
+    alone = by_name[(rules_name, "rules")]
+    assert recall_row[3:] == [pytest.approx(r["metrics"]["recall"], abs=1e-4) for r in (alone, combined)]
+    assert flagged_row[3:] == [alone["metrics"]["flagged"], combined["metrics"]["flagged"]]
+
+    # The same figures computed independently from the file and the model's written scores.
+    frame = load_frame(dataset, load_mapping("fraudkit"))
+    scores = pd.read_csv(predictions)
+    window = frame.merge(scores, on="transaction_id", suffixes=("", "_written"))
+    assert len(window) == report["rows"]
+    rule = (window["amount"] > 300) & window["country"].notna() & (window["country"] != "FR")
+    labels = window["label"] == 1
+    assert alone["metrics"]["flagged"] == int(rule.sum()) > 0
+    assert alone["metrics"]["precision"] == pytest.approx((rule & labels).sum() / rule.sum())
+    assert alone["metrics"]["recall"] == pytest.approx((rule & labels).sum() / labels.sum())
+    both = rule | (window["score"] >= model["threshold"])
+    assert combined["threshold"] == model["threshold"]
+    assert combined["metrics"]["flagged"] == int(both.sum())
+    assert combined["metrics"]["recall"] == pytest.approx((both & labels).sum() / labels.sum())
+    assert combined["metrics"]["recall"] >= model["metrics"]["recall"]
+
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("rules:\n  - {name: odd, when: card_count_2h > 1, action: flag}\n")
+    refused = run(["evaluate", "--data", str(dataset), "--rules", str(unknown)], trained)
+    assert refused.exit_code == 2
+    assert (
+        f"{unknown}: rule 'odd': when, character 1: unknown field or feature 'card_count_2h'"
+        in refused.output
+    )

@@ -145,6 +145,9 @@ def test_verdicts_carry_every_field() -> None:
         "country": "DE",
         "merchant_category": "grocery",
         "detector": "det-1",
+        "rules": [],
+        "review": False,
+        "rules_version": None,
     }
     assert legit["decision"] == "legit" and legit["reasons"] == []
 

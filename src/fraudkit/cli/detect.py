@@ -94,6 +94,7 @@ def detect(
     from fraudkit.observability.detect_telemetry import DetectTelemetry
     from fraudkit.observability.runtime import serving
     from fraudkit.retrain import retrain_extensions
+    from fraudkit.rules_live import rules_extensions
     from fraudkit.signals import stop_on_signals
 
     cfg = load(
@@ -124,7 +125,7 @@ def detect(
             instance_id=instance,
             stop_event=stop,
             on_log=log,
-            extensions=retrain_extensions(cfg),
+            extensions=[*rules_extensions(cfg), *retrain_extensions(cfg)],
             telemetry=telemetry,
         )
         if live_panel:

@@ -263,11 +263,15 @@ def evaluate(
         typer.Option("--predictions-out", help="Write transaction_id, score, label (.csv, else Parquet)."),
     ] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write PR and ROC curves as PNG here.")] = None,
+    rules: Annotated[
+        Path | None,
+        typer.Option("--rules", help="Backtest this rule file: the rules alone and the model with them."),
+    ] = None,
     json_output: JsonOption = False,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Score rows in [--from, --to) with a model, the amount rule and a logistic regression."""
+    """Score rows in [--from, --to) with a model, the amount rule, a logistic regression and --rules."""
     from fraudkit.evaluate import evaluate_model
     from fraudkit.registry import Registry
     from fraudkit.train import parse_time_ms
@@ -289,6 +293,11 @@ def evaluate(
     to_ms = parse_time_ms(to_time, "--to")
     if model != "rules":
         Registry(cfg.registry.path).show(model)
+    rule_set = None
+    if rules is not None:
+        from fraudkit.rules import load_rules
+
+        rule_set = load_rules(rules)
     report = evaluate_model(
         cfg,
         cfg.data.path,
@@ -300,6 +309,7 @@ def evaluate(
         predictions_out=predictions_out,
         plot_dir=plot,
         stage=stage,
+        rule_set=rule_set,
     )
     if json_output:
         _print_json(_eval_report_dict(report))
@@ -349,7 +359,11 @@ def _eval_table(report: EvalReport) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     for result in report.results:
-        header = result.name if result.version in ("baseline", "rules") else f"{result.name} {result.version}"
+        header = (
+            result.name
+            if result.version in ("baseline", "rules")
+            else f"{result.name} {result.version}".strip()
+        )
         table.add_column(header, justify="right")
     k = report.top_k
     rows = [
