@@ -274,6 +274,10 @@ class DetectConfig(Section):
     warm_labels: bool = True
     rules_file: Path | None = None
     follow_rules: bool = True
+    # Kafka's own default limits are about 1 MB (librdkafka message.max.bytes 1,000,000, broker
+    # 1,048,588); a message over this is dead-lettered as an excerpt, never copied whole.
+    max_message_bytes: int = Field(1_000_000, ge=16_384, le=100_000_000)
+    max_future_skew_s: float = Field(3600.0, gt=0)
 
 
 class RetrainConfig(Section):
@@ -305,6 +309,7 @@ class SinkConfig(Section):
     retry_max_s: float = Field(30.0, gt=0, le=MAX_WAIT_S)
     table: str = "fraud_predictions"
     labels_table: str = "fraud_labels"
+    dead_letter_table: str = "fraud_dead_letters"
     labels: bool = True
     poll_timeout_s: float = Field(0.5, gt=0, le=60)
 

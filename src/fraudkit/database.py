@@ -65,6 +65,21 @@ LABEL_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 LABEL_ROW_FIELDS: tuple[str, ...] = tuple(name for name, _, _ in LABEL_COLUMNS if name != "written_ms")
 
+# Messages the sink could not write (bad values the database refuses), kept with the reason and
+# the source offset so the offset can move past them (docs/database.md).
+DEAD_LETTER_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("source_topic", "TEXT NOT NULL", "TEXT NOT NULL"),
+    ("source_partition", "INTEGER NOT NULL", "INTEGER NOT NULL"),
+    ("source_offset", "INTEGER NOT NULL", "BIGINT NOT NULL"),
+    ("reason", "TEXT", "TEXT"),
+    ("payload_bytes", "INTEGER", "BIGINT"),
+    ("payload_excerpt", "TEXT", "TEXT"),
+    ("written_ms", "INTEGER", "BIGINT"),
+)
+DEAD_LETTER_FIELDS: tuple[str, ...] = tuple(
+    name for name, _, _ in DEAD_LETTER_COLUMNS if name != "written_ms"
+)
+
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -177,10 +192,18 @@ class Database:
     dialect: Dialect
     placeholder = "?"
 
-    def __init__(self, url: DatabaseUrl, table: str, labels_table: str, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        url: DatabaseUrl,
+        table: str,
+        labels_table: str,
+        read_only: bool = False,
+        dead_letter_table: str = "fraud_dead_letters",
+    ) -> None:
         self.url = url
         self.table = check_table_name(table, url.dialect, "sink.table")
         self.labels_table = check_table_name(labels_table, url.dialect, "sink.labels_table")
+        self.dead_letter_table = check_table_name(dead_letter_table, url.dialect, "sink.dead_letter_table")
         self.read_only = read_only
         self._connection: Any = None
         self._staged = False
@@ -219,10 +242,13 @@ class Database:
         type_index = 1 if self.dialect == "sqlite" else 2
         predictions = ",\n  ".join(f"{col[0]} {col[type_index]}" for col in PREDICTION_COLUMNS)
         labels = ",\n  ".join(f"{col[0]} {col[type_index]}" for col in LABEL_COLUMNS)
+        dead_letters = ",\n  ".join(f"{col[0]} {col[type_index]}" for col in DEAD_LETTER_COLUMNS)
         base = _bare(self.table)
         tables = [
             f"CREATE TABLE IF NOT EXISTS {_quote(self.table)} (\n  {predictions}\n)",
             f"CREATE TABLE IF NOT EXISTS {_quote(self.labels_table)} (\n  {labels}\n)",
+            f"CREATE TABLE IF NOT EXISTS {_quote(self.dead_letter_table)} (\n  {dead_letters},\n"
+            "  PRIMARY KEY (source_topic, source_partition, source_offset)\n)",
         ]
         indexes = [
             f"CREATE INDEX IF NOT EXISTS {base}_event_time_idx ON {_quote(self.table)} (event_time_ms)"
@@ -233,7 +259,11 @@ class Database:
         """Create the tables if missing; refuse an existing table that lacks fraudkit's columns."""
         tables, indexes = self.schema_sql()
         self._execute_ddl(tables)
-        for table, columns in ((self.table, PREDICTION_COLUMNS), (self.labels_table, LABEL_COLUMNS)):
+        for table, columns in (
+            (self.table, PREDICTION_COLUMNS),
+            (self.labels_table, LABEL_COLUMNS),
+            (self.dead_letter_table, DEAD_LETTER_COLUMNS),
+        ):
             existing = self.columns(table)
             missing = [name for name, _, _ in columns if name not in existing]
             if missing:
@@ -287,6 +317,30 @@ class Database:
         self, connection: Any, verdicts: list[Sequence[Any]], labels: list[Sequence[Any]], written_ms: int
     ) -> WriteResult:
         raise NotImplementedError
+
+    def write_dead_letters(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Record messages that could not be written (DEAD_LETTER_FIELDS order); a re-delivery is a no-op."""
+        if not rows:
+            return
+        written_ms = int(time.time() * 1000)
+        p = self.placeholder
+        columns = ", ".join(DEAD_LETTER_FIELDS)
+        marks = ", ".join(p for _ in range(len(DEAD_LETTER_FIELDS) + 1))
+        sql = (
+            f"INSERT INTO {_quote(self.dead_letter_table)} ({columns}, written_ms) VALUES ({marks}) "
+            "ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING"
+        )
+        try:
+            connection = self.connection()
+            cursor = connection.cursor()
+            if self.dialect == "sqlite":
+                cursor.execute("BEGIN IMMEDIATE")
+            cursor.executemany(sql, [(*row, written_ms) for row in rows])
+            connection.commit()
+        except DatabaseError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, "write dead letters to") from None
 
     def _move_sql(self, stage_verdicts: str, stage_labels: str) -> tuple[str, str, str]:
         """INSERT new predictions (joined with known labels), upsert labels, copy labels onto rows."""
@@ -551,11 +605,17 @@ def _unique_last(rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
     return list({row[0]: row for row in rows}.values())
 
 
-def open_database(url: str, table: str, labels_table: str, read_only: bool = False) -> Database:
+def open_database(
+    url: str,
+    table: str,
+    labels_table: str,
+    read_only: bool = False,
+    dead_letter_table: str = "fraud_dead_letters",
+) -> Database:
     """A Database for sink.url (not yet connected: the first use connects)."""
     parsed = parse_url(url)
     cls = SqliteDatabase if parsed.dialect == "sqlite" else PostgresDatabase
-    return cls(parsed, table, labels_table, read_only=read_only)
+    return cls(parsed, table, labels_table, read_only=read_only, dead_letter_table=dead_letter_table)
 
 
 def quote_table(name: str) -> str:

@@ -27,13 +27,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from orjson import loads as orjson_loads
 
 from fraudkit.config import FraudkitConfig
-from fraudkit.detect_codec import decode_batch, encode_verdicts
+from fraudkit.detect_codec import dead_letter, decode_batch, encode_verdicts, too_large
 from fraudkit.detect_status import DetectStatus, LatencyHistogram, LiveQuality
 from fraudkit.errors import BrokerError, ConfigError, ModelError
 from fraudkit.features import FeatureSpec, OnlineFeatures
 from fraudkit.schema import InvalidMessage, Label, Transaction, decode_label
+from fraudkit.stream_clock import StreamClock
 
 if TYPE_CHECKING:
     from fraudkit.kafka import Consumer, KafkaError, Message, Producer, TopicPartition
@@ -57,6 +59,9 @@ MAX_UNSETTLED_S = 1.0
 # While outputs await acknowledgement, the loop alternates between the consumer and the producer's
 # delivery reports in slices this long.
 ACK_POLL_S = 0.001
+# An exactly-once batch whose outputs the broker refuses as too large is aborted and produced
+# again with those messages dead-lettered; this bounds the retries of one batch.
+MAX_REFUSAL_RETRIES = 3
 
 
 class Scorer(Protocol):
@@ -395,6 +400,15 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _too_large(kafka: Any, error: KafkaError) -> bool:
+    """Whether a produce error means "this message is too large" (the producer's or the broker's limit)."""
+    return error.code() in (
+        kafka.KafkaError.MSG_SIZE_TOO_LARGE,
+        kafka.KafkaError.RECORD_LIST_TOO_LARGE,
+        kafka.KafkaError.INVALID_MSG_SIZE,
+    )
+
+
 @dataclass
 class _Batch:
     """One consumed batch, scored and encoded, ready to be produced."""
@@ -410,6 +424,8 @@ class _Batch:
     model_version: str
     verdict_ms: int
     produced_ms: list[int]  # of the transactions that carry one: end-to-end latency starts there
+    # Messages (by index) whose outputs the broker refused as too large: dead-lettered instead.
+    refused: dict[int, str] = field(default_factory=dict)
 
 
 class _DetectLoop:
@@ -452,7 +468,13 @@ class _DetectLoop:
         self.undelivered: list[list[int]] = []
         self.delivery_errors: list[str] = []
         self.delivery_failures = 0
-        self.max_event_ms: int | None = None
+        self.clock = StreamClock(int(self.detect.max_future_skew_s * 1000))
+        self._reported_ahead = 0
+        self.max_message_bytes = self.detect.max_message_bytes
+        # Outputs the broker refused as too large (topic, key, value), waiting to be dead-lettered.
+        self.refused_outputs: list[tuple[str, bytes | None, bytes | None, str]] = []
+        # At-least-once: the batches produced but not yet committed (to find a refused output's source).
+        self.unsettled: list[_Batch] = []
         self.notes: list[str] = []
         self.delivery_timeout_s = max(30.0, config.kafka.connect_timeout_s)
         self.consumer: Consumer = kafka.make_consumer(
@@ -577,8 +599,8 @@ class _DetectLoop:
                     self._settle(block=False)
                 self._poll_labels()
                 now = time.monotonic()
-                if now >= next_expire and self.max_event_ms is not None:
-                    self.holder.features.expire(self.max_event_ms)
+                if now >= next_expire and self.clock.now_ms is not None:
+                    self.holder.features.expire(self.clock.now_ms)
                     next_expire = now + EXPIRE_EVERY_S
                 if now - self._status_at >= options.status_interval_s:
                     self._emit_status(now)
@@ -656,6 +678,7 @@ class _DetectLoop:
             else:
                 self._settle(block=False)
                 self._produce(batch)
+                self.unsettled.append(batch)
                 self.undelivered.append(batch.produced_ms)
                 if self.pending is None:
                     self.pending = dict(batch.offsets)
@@ -676,18 +699,32 @@ class _DetectLoop:
         usable: list[Message] = []
         values: list[bytes | None] = []
         offsets: dict[int, int] = {}
+        oversized: list[tuple[Message, str]] = []
+        max_bytes = self.max_message_bytes
         message: Any
         for message in messages:
             error = message.error()
             if error is None:
-                usable.append(message)
-                values.append(message.value())
                 offsets[message.partition()] = message.offset() + 1
+                value = message.value()
+                key = message.key()
+                # The key travels with every copy: it counts towards the limit too.
+                size = 0 if value is None else len(value)
+                if key is not None:
+                    size += len(key)
+                if size > max_bytes:
+                    oversized.append((message, too_large(size, max_bytes)))
+                    continue
+                usable.append(message)
+                values.append(value)
             else:
                 self._consumer_error(error)
-        if not usable:
+        if not usable and not oversized:
             return None
-        transactions, good, bad = decode_batch(values)
+        transactions, good, bad = decode_batch(values, max_bytes)
+        for message, reason in oversized:
+            bad.append((len(usable), reason))
+            usable.append(message)
         holder = self.holder
         model = holder.model
         rule_outcome = None
@@ -709,9 +746,10 @@ class _DetectLoop:
                 extension.on_batch_scored(features, transactions, scores_array, model.version)
             scores = scores_array.tolist()
             frauds = fraud_array.tolist()
-            batch_max_event = max(tx.event_time_ms for tx in transactions)
-            if self.max_event_ms is None or batch_max_event > self.max_event_ms:
-                self.max_event_ms = batch_max_event
+            clock = self.clock
+            clock.observe([tx.event_time_ms for tx in transactions])
+            if clock.ignored_ahead > self._reported_ahead:
+                self._report_ahead()
         else:
             scores, frauds, reasons = [], [], {}
         verdict_ms = _now_ms()
@@ -753,36 +791,37 @@ class _DetectLoop:
         failed = self._delivery_failed
         messages = batch.messages
         version = batch.model_version.encode()
+        refused = batch.refused
         headers: list[tuple[str, str | bytes | None]]
         message: Any
         for index, bad_error in batch.bad:
-            message = messages[index]
-            headers = [
-                ("error", bad_error),
-                ("source_topic", message.topic() or ""),
-                ("source_partition", str(message.partition())),
-                ("source_offset", str(message.offset())),
-            ]
-            self._send(topics.dead_letter, message.value(), message.key(), headers)
+            self._dead_letter(messages[index], bad_error)
+        for index, reason in refused.items():
+            self._dead_letter(messages[index], reason, excerpt=True)
+        kafka_exception = self.kafka.KafkaException
         for position, (transaction, score, fraud, verdict) in enumerate(
             zip(batch.transactions, batch.scores, batch.frauds, batch.verdicts, strict=True)
         ):
-            message = messages[batch.good[position]]
+            index = batch.good[position]
+            if refused and index in refused:
+                continue
+            message = messages[index]
             headers = [("score", f"{score:.6f}"), ("model_version", version)]
+            branch = fraud_topic if fraud else legit_topic
             try:
-                produce(
-                    fraud_topic if fraud else legit_topic,
-                    message.value(),
-                    message.key(),
-                    headers=headers,
-                    on_delivery=failed,
-                )
-            except BufferError:
-                self._send(fraud_topic if fraud else legit_topic, message.value(), message.key(), headers)
+                try:
+                    produce(branch, message.value(), message.key(), headers=headers, on_delivery=failed)
+                except BufferError:
+                    self._send(branch, message.value(), message.key(), headers)
+            except kafka_exception as exc:
+                self._output_refused(message, branch, exc)
             try:
-                produce(verdict_topic, verdict, transaction.card_id, on_delivery=failed)
-            except BufferError:
-                self._send(verdict_topic, verdict, transaction.card_id, None)
+                try:
+                    produce(verdict_topic, verdict, transaction.card_id, on_delivery=failed)
+                except BufferError:
+                    self._send(verdict_topic, verdict, transaction.card_id, None)
+            except kafka_exception as exc:
+                self._output_refused(message, verdict_topic, exc)
 
     def _send(self, topic: str, value: bytes | None, key: Any, headers: Any) -> None:
         while True:
@@ -793,12 +832,47 @@ class _DetectLoop:
                 # The local queue is full: serve delivery reports until there is room, never drop.
                 self.producer.poll(0.05)
 
+    def _dead_letter(self, message: Any, reason: str, excerpt: bool = False) -> None:
+        """Produce the bounded dead letter of a consumed message (an excerpt if it is too large)."""
+        source = (message.topic() or "", message.partition(), message.offset())
+        value, key, headers = dead_letter(
+            message.value(), message.key(), reason, source, self.max_message_bytes, excerpt
+        )
+        try:
+            self._send(self.topics.dead_letter, value, key, headers)
+        except self.kafka.KafkaException as exc:
+            if excerpt or not _too_large(self.kafka, exc.args[0]):
+                raise BrokerError(
+                    f"cannot produce to {self.topics.dead_letter}: {exc.args[0].str()}"
+                ) from None
+            # Smaller than max_message_bytes but over the producer's own message.max.bytes.
+            value, key, headers = dead_letter(message.value(), message.key(), reason, source, excerpt=True)
+            try:
+                self._send(self.topics.dead_letter, value, key, headers)
+            except self.kafka.KafkaException as again:
+                raise BrokerError(
+                    f"cannot produce to {self.topics.dead_letter}: {again.args[0].str()}"
+                ) from None
+
+    def _output_refused(self, message: Any, topic: str, exc: Exception) -> None:
+        """The producer refused an output at once: too large goes to dead letter, the rest is fatal."""
+        error = exc.args[0]
+        if not _too_large(self.kafka, error):
+            raise BrokerError(f"cannot produce to {topic}: {error.str()}") from None
+        self.summary.dead_letters += 1
+        self._dead_letter(message, f"cannot copy to {topic}: {error.str()}", excerpt=True)
+
     def _delivery_failed(self, error: KafkaError | None, message: Message) -> None:
         if error is None:
             return
+        topic = message.topic() or ""
+        if topic != self.topics.dead_letter and _too_large(self.kafka, error):
+            # The broker's limit is below ours: dead-letter the message instead (see _settle).
+            self.refused_outputs.append((topic, message.key(), message.value(), error.str()))
+            return
         self.delivery_failures += 1
         if len(self.delivery_errors) < 5:
-            self.delivery_errors.append(f"{message.topic()}: {error.str()}")
+            self.delivery_errors.append(f"{topic}: {error.str()}")
 
     def _record_latency(self, produced_ms: list[int], delivered_ms: int) -> None:
         if produced_ms:
@@ -817,7 +891,7 @@ class _DetectLoop:
     def _account(self, batch: _Batch) -> None:
         summary = self.summary
         summary.consumed += len(batch.messages)
-        summary.verdicts += len(batch.transactions)
+        summary.verdicts += len(batch.transactions) - len(batch.refused)
         summary.fraud += sum(batch.frauds)
         summary.dead_letters += len(batch.bad)
         if self.options.exactly_once:
@@ -839,13 +913,66 @@ class _DetectLoop:
             remaining = self.producer.flush(0.5)
             if remaining == 0:
                 self._all_delivered()
-                break
+                if not self.refused_outputs or self.options.exactly_once:
+                    break
+                # Dead letters for what the broker refused, then wait for those too.
+                self._dead_letter_refused()
+                continue
             if time.monotonic() >= deadline:
                 raise BrokerError(
                     f"{remaining} output message(s) not acknowledged after {self.delivery_timeout_s:g}s; "
                     "offsets were not committed, a restart re-processes the batch"
                 )
         self._check_deliveries()
+
+    def _dead_letter_refused(self) -> None:
+        """Dead-letter (as excerpts) the sources of the outputs the broker refused as too large."""
+        refused, self.refused_outputs = self.refused_outputs, []
+        done: set[int] = set()  # a message's branch copy and verdict may both be refused: one letter
+        for topic, key, value, error in refused:
+            source = self._source_of(self.unsettled, topic, key, value)
+            reason = f"the broker refused the copy to {topic}: {error}"
+            if source is not None:
+                if id(source) in done:
+                    continue
+                done.add(id(source))
+                self.summary.dead_letters += 1
+                self._dead_letter(source, reason, excerpt=True)
+            else:
+                # Not found among the unsettled batches (cannot happen unless they were revoked):
+                # keep what the output itself says.
+                self.summary.dead_letters += 1
+                excerpt_value, excerpt_key, headers = dead_letter(
+                    value, key, reason, (topic, -1, -1), excerpt=True
+                )
+                self._send(self.topics.dead_letter, excerpt_value, excerpt_key, headers)
+
+    def _source_of(self, batches: list[_Batch], topic: str, key: bytes | None, value: bytes | None) -> Any:
+        """The consumed message an output was made from, among the unsettled batches (rare: linear)."""
+        transaction_id = None
+        if topic == self.topics.verdicts and value is not None:
+            with contextlib.suppress(Exception):
+                transaction_id = orjson_loads(value).get("transaction_id")
+        for batch in reversed(batches):
+            for position, index in enumerate(batch.good):
+                message: Any = batch.messages[index]
+                if transaction_id is not None:
+                    if batch.transactions[position].transaction_id == transaction_id:
+                        return message
+                elif message.key() == key and message.value() == value:
+                    return message
+        return None
+
+    def _refused_sources(self, batch: _Batch) -> dict[int, str]:
+        """Exactly-once: which messages of `batch` had an output refused as too large, and why."""
+        refused, self.refused_outputs = self.refused_outputs, []
+        found: dict[int, str] = {}
+        for topic, key, value, error in refused:
+            source = self._source_of([batch], topic, key, value)
+            if source is not None:
+                index = next(i for i, message in enumerate(batch.messages) if message is source)
+                found[index] = f"the broker refused the copy to {topic}: {error}"
+        return found
 
     def _check_deliveries(self) -> None:
         if self.delivery_failures:
@@ -874,9 +1001,13 @@ class _DetectLoop:
             if len(self.producer) > 0:
                 return
             self._all_delivered()
+            if self.refused_outputs:
+                self._dead_letter_refused()
+                return  # committed once those dead letters are acknowledged
             self._check_deliveries()
         offsets, self.pending = self.pending, None
         self.pending_batches = 0
+        self.unsettled = []
         topic = self.topics.transactions
         partitions = [self.kafka.TopicPartition(topic, p, o) for p, o in offsets.items()]
         try:
@@ -889,27 +1020,41 @@ class _DetectLoop:
             self._note(f"offset commit failed ({exc.args[0].str()}); those transactions may be scored again")
 
     def _produce_transaction(self, batch: _Batch) -> None:
+        for attempt in range(MAX_REFUSAL_RETRIES + 1):
+            try:
+                self._try_transaction(batch)
+                return
+            except self.kafka.KafkaException as exc:
+                error = exc.args[0]
+                if error.txn_requires_abort():
+                    self._abort_quietly()
+                self.in_transaction = False
+                refused = self._refused_sources(batch) if self.refused_outputs else {}
+                if refused and error.txn_requires_abort() and attempt < MAX_REFUSAL_RETRIES:
+                    # The broker refused some outputs as too large: the whole transaction was
+                    # aborted; produce it again with those messages dead-lettered instead.
+                    self.summary.dead_letters += len(refused)
+                    batch.refused.update(refused)
+                    self.delivery_failures = 0
+                    self.delivery_errors = []
+                    continue
+                raise BrokerError(
+                    f"transaction failed ({error.str()}); the batch was aborted and will be re-processed "
+                    "after a restart"
+                ) from None
+
+    def _try_transaction(self, batch: _Batch) -> None:
         producer = self.producer
         self._transaction_call("begin a transaction", producer.begin_transaction)
         self.in_transaction = True
-        try:
-            self._produce(batch)
-            topic = self.topics.transactions
-            offsets = [self.kafka.TopicPartition(topic, p, o) for p, o in batch.offsets.items()]
-            producer.send_offsets_to_transaction(
-                offsets, self.consumer.consumer_group_metadata(), self.delivery_timeout_s
-            )
-            self._commit_transaction()
-            self.in_transaction = False
-        except self.kafka.KafkaException as exc:
-            error = exc.args[0]
-            if error.txn_requires_abort():
-                self._abort_quietly()
-            self.in_transaction = False
-            raise BrokerError(
-                f"transaction failed ({error.str()}); the batch was aborted and will be re-processed "
-                "after a restart"
-            ) from None
+        self._produce(batch)
+        topic = self.topics.transactions
+        offsets = [self.kafka.TopicPartition(topic, p, o) for p, o in batch.offsets.items()]
+        producer.send_offsets_to_transaction(
+            offsets, self.consumer.consumer_group_metadata(), self.delivery_timeout_s
+        )
+        self._commit_transaction()
+        self.in_transaction = False
         if self.delivery_failures:
             raise BrokerError(
                 f"{self.delivery_failures} output message(s) failed inside a committed transaction: "
@@ -972,9 +1117,21 @@ class _DetectLoop:
         self.producer.flush(self.delivery_timeout_s)
         self._all_delivered()
         self.pending = None
+        self.unsettled = []
         self.assigned.difference_update(p.partition for p in partitions)
         self.last_activity = time.monotonic()
         self._note(f"lost partitions {sorted(p.partition for p in partitions)} (session timed out)")
+
+    def _report_ahead(self) -> None:
+        """Say (at 1, 10, 100, ... occurrences) that far-ahead event times were kept off the clock."""
+        count = self.clock.ignored_ahead
+        if count >= max(1, 10 * self._reported_ahead):
+            self._note(
+                f"{count:,} transaction(s) dated more than detect.max_future_skew_s="
+                f"{self.detect.max_future_skew_s:g}s ahead of the stream were scored but did not "
+                "advance its clock"
+            )
+            self._reported_ahead = count
 
     def _note(self, message: str) -> None:
         """Log a message and keep it for the status panel."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,11 @@ import orjson
 
 from fraudkit.schema import (
     MAX_AMOUNT,
+    MAX_EPOCH_MS,
     MAX_EVENT_MS,
+    MAX_EXTRA_FIELDS,
+    MAX_EXTRA_KEY_CHARS,
+    MAX_TEXT_CHARS,
     MIN_EVENT_MS,
     SCHEMA_VERSION,
     InvalidMessage,
@@ -22,6 +27,8 @@ if TYPE_CHECKING:
     from fraudkit.rules import RuleOutcome
 
 _OPTIONAL_TEXT = ("customer_id", "terminal_id", "currency", "merchant_category", "country")
+# What `detect.max_message_bytes` defaults to; the loop passes the configured value.
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
 _isfinite = math.isfinite
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
@@ -37,7 +44,8 @@ def _fast_transaction(data: Any) -> Transaction | None:
     if type(data) is not dict:
         return None
     get = data.get
-    if get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
+    version = get("schema")
+    if type(version) is not int or version != SCHEMA_VERSION:
         return None
     # Any: the checks below narrow by exact type(), which the type checker does not follow.
     transaction_id: Any = get("transaction_id")
@@ -86,9 +94,11 @@ def _fast_transaction(data: Any) -> Transaction | None:
     extra_raw = get("extra")
     extra: dict[str, float] = {}
     if extra_raw:
-        if type(extra_raw) is not dict:
+        if type(extra_raw) is not dict or len(extra_raw) > MAX_EXTRA_FIELDS:
             return None
         for key, value in extra_raw.items():
+            if len(key) > MAX_EXTRA_KEY_CHARS:
+                return None
             value_type = type(value)
             if value_type is float:
                 if not _isfinite(value):
@@ -99,11 +109,13 @@ def _fast_transaction(data: Any) -> Transaction | None:
                 return None
             extra[key] = value
     produced_ms: Any = get("produced_ms")
-    produced_type = type(produced_ms)
-    if produced_type is float:
+    if produced_ms is not None:
+        produced_type = type(produced_ms)
+        if produced_type is not int and produced_type is not float:
+            return None
+        if not 0 <= produced_ms <= MAX_EPOCH_MS:
+            return None
         produced_ms = int(produced_ms)
-    elif produced_type is not int:
-        produced_ms = None
     return Transaction(
         transaction_id,
         event_time_ms,
@@ -121,22 +133,43 @@ def _fast_transaction(data: Any) -> Transaction | None:
     )
 
 
-def decode_one(raw: bytes | None) -> Transaction:
-    """Decode and validate one transaction exactly as `schema.decode_transaction` does, faster."""
-    if raw is not None:
-        try:
-            transaction = _fast_transaction(_loads(raw))
-        except _JSONDecodeError:
-            transaction = None
-        if transaction is not None:
-            return transaction
-    return decode_transaction(raw)
+def _within_limits(transaction: Transaction) -> bool:
+    """Whether every text field respects the schema's bound (checked for long messages only)."""
+    for text in (
+        transaction.transaction_id,
+        transaction.card_id,
+        transaction.customer_id,
+        transaction.terminal_id,
+        transaction.currency,
+        transaction.merchant_category,
+        transaction.country,
+    ):
+        if text is not None and len(text) > MAX_TEXT_CHARS:
+            return False
+    return True
+
+
+def too_large(size: int, max_bytes: int) -> str:
+    """The dead-letter reason of a message over detect.max_message_bytes."""
+    return f"message of {size:,} bytes is larger than detect.max_message_bytes ({max_bytes:,})"
+
+
+def decode_one(raw: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Transaction:
+    """Decode and validate one transaction exactly as `decode_batch` does; InvalidMessage otherwise."""
+    transactions, _, bad = decode_batch([raw], max_bytes)
+    if bad:
+        raise InvalidMessage(bad[0][1])
+    return transactions[0]
 
 
 def decode_batch(
-    values: Sequence[bytes | None],
+    values: Sequence[bytes | None], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> tuple[list[Transaction], list[int], list[tuple[int, str]]]:
-    """Decode many message values: (transactions, their indices, [(index, error text)] for the rest)."""
+    """Decode many message values: (transactions, their indices, [(index, error text)] for the rest).
+
+    Accepts exactly what `schema.decode_transaction` accepts (with the same error text), except
+    values over `max_bytes`, which are refused before parsing.
+    """
     transactions: list[Transaction] = []
     good: list[int] = []
     bad: list[tuple[int, str]] = []
@@ -145,9 +178,16 @@ def decode_batch(
     for index, raw in enumerate(values):
         transaction = None
         if raw is not None:
+            size = len(raw)
+            if size > max_bytes:
+                bad.append((index, too_large(size, max_bytes)))
+                continue
             try:
                 transaction = _fast_transaction(_loads(raw))
             except _JSONDecodeError:
+                transaction = None
+            # A short message cannot hold an over-long field: only long ones pay for the check.
+            if transaction is not None and size > MAX_TEXT_CHARS and not _within_limits(transaction):
                 transaction = None
         if transaction is None:
             try:
@@ -249,3 +289,52 @@ def encode_verdicts(
             )
         )
     return out
+
+
+# A dead letter keeps the original bytes when they fit, else an excerpt: it must always fit the
+# producer's and the broker's message.max.bytes, or the dead-letter path itself would crash-loop.
+DEAD_LETTER_HEADER_ROOM = 8192
+DEAD_LETTER_EXCERPT_BYTES = 4096
+DEAD_LETTER_KEY_BYTES = 1024
+MAX_REASON_CHARS = 1000
+
+DeadLetter = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
+
+
+def dead_letter(
+    value: bytes | None,
+    key: bytes | None,
+    reason: str,
+    source: tuple[str, int, int],
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    excerpt: bool = False,
+) -> DeadLetter:
+    """(value, key, headers) of the dead letter of a message: verbatim if it fits, else an excerpt.
+
+    Headers: `error` (the reason, at most MAX_REASON_CHARS), `source_topic`, `source_partition`,
+    `source_offset`; an excerpt adds `truncated` ("true"), `original_bytes` and `sha256` of the
+    whole original value. `excerpt` forces one (the broker refused something that size already).
+    """
+    topic, partition, offset = source
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[: MAX_REASON_CHARS - 3] + "..."
+    headers: list[tuple[str, str | bytes | None]] = [
+        ("error", reason),
+        ("source_topic", topic),
+        ("source_partition", str(partition)),
+        ("source_offset", str(offset)),
+    ]
+    size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
+    if not excerpt and size + DEAD_LETTER_HEADER_ROOM <= max_bytes:
+        return value, key, headers
+    if value is not None:
+        headers += [
+            ("truncated", "true"),
+            ("original_bytes", str(len(value))),
+            ("sha256", hashlib.sha256(value).hexdigest()),
+        ]
+        value = value[:DEAD_LETTER_EXCERPT_BYTES]
+    if key is not None and len(key) > DEAD_LETTER_KEY_BYTES:
+        headers.append(("original_key_bytes", str(len(key))))
+        key = key[:DEAD_LETTER_KEY_BYTES]
+    return value, key, headers

@@ -39,7 +39,7 @@ import numpy as np
 from fraudkit.config import FraudkitConfig
 from fraudkit.detect import DetectContext, DetectExtension
 from fraudkit.label_buffer import LabelBuffer, LabelledBlock, ScoredRows
-from fraudkit.schema import SCHEMA_VERSION, InvalidMessage, decode_json, encode
+from fraudkit.schema import SCHEMA_VERSION, InvalidMessage, decode_control, encode
 from fraudkit.textsafe import printable
 
 if TYPE_CHECKING:
@@ -521,7 +521,7 @@ class RetrainExtension(DetectExtension):
             if message.error() is not None:
                 continue
             try:
-                event = decode_json(message.value())
+                event = decode_control(message.value())
             except InvalidMessage as exc:
                 self.log(f"control topic: ignoring a malformed announcement ({exc})")
                 continue

@@ -14,6 +14,15 @@ MAX_AMOUNT = 10_000_000.0
 # Event times must fall between 2000-01-01 and 2100-01-01 (epoch milliseconds).
 MIN_EVENT_MS = 946_684_800_000
 MAX_EVENT_MS = 4_102_444_800_000
+# Wall-clock and label times (produced_ms, labelled_ms, at_ms, ...) are epoch milliseconds in
+# [0, 2**53): exact as a JSON double, far inside int64, so no writer (orjson, SQL BIGINT) overflows.
+MAX_EPOCH_MS = 2**53 - 1
+# Text fields (ids, currency, country, ...) longer than this are corrupt or hostile: a real id
+# is tens of characters, and the bound keeps every verdict and every SQL row small.
+MAX_TEXT_CHARS = 1024
+# `extra` (dataset pass-through columns such as V1..V28): bounded count and key length.
+MAX_EXTRA_FIELDS = 256
+MAX_EXTRA_KEY_CHARS = 128
 
 
 # Columns of the canonical dataset frame (docs/architecture.md), in order.
@@ -126,30 +135,55 @@ def _load(raw: bytes | str | None) -> dict[str, Any]:
         raise InvalidMessage(f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidMessage(f"expected a JSON object, got {type(data).__name__}")
-    version = data.get("schema", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise InvalidMessage(f"schema: unsupported version {version!r} (expected {SCHEMA_VERSION})")
+    check_schema(data)
     return data
+
+
+def check_schema(data: dict[str, Any]) -> None:
+    """InvalidMessage unless `schema` is exactly the integer SCHEMA_VERSION (not `true`, not `1.0`)."""
+    version = data.get("schema")
+    if type(version) is int and version == SCHEMA_VERSION:
+        return
+    if version is None:
+        raise InvalidMessage("schema: missing schema version")
+    if type(version) is not int:
+        raise InvalidMessage(f"schema: expected an integer version, got {_kind(version)}")
+    raise InvalidMessage(f"schema: unsupported version {version!r} (expected {SCHEMA_VERSION})")
+
+
+def _kind(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if isinstance(value, bool):
+        return "bool"
+    return type(value).__name__
+
+
+def _bounded(name: str, value: str) -> str:
+    if len(value) > MAX_TEXT_CHARS:
+        raise InvalidMessage(f"{name}: {len(value)} characters is longer than the limit of {MAX_TEXT_CHARS}")
+    return value
 
 
 def _require_str(data: dict[str, Any], name: str) -> str:
     value = data.get(name)
     if isinstance(value, str) and value:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
+        return _bounded(name, value)
+    if type(value) is int:
         return str(value)
     if value is None or value == "":
         raise InvalidMessage(f"{name}: missing")
-    raise InvalidMessage(f"{name}: expected a string, got {type(value).__name__}")
+    raise InvalidMessage(f"{name}: expected a string, got {_kind(value)}")
 
 
 def _optional_str(data: dict[str, Any], name: str) -> str | None:
     value = data.get(name)
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _bounded(name, value)
+    if type(value) is int:
         return str(value)
-    raise InvalidMessage(f"{name}: expected a string, got {type(value).__name__}")
+    raise InvalidMessage(f"{name}: expected a string, got {_kind(value)}")
 
 
 def _number(data: dict[str, Any], name: str, required: bool) -> float | None:
@@ -159,7 +193,7 @@ def _number(data: dict[str, Any], name: str, required: bool) -> float | None:
             raise InvalidMessage(f"{name}: missing")
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidMessage(f"{name}: expected a number, got {type(value).__name__}")
+        raise InvalidMessage(f"{name}: expected a number, got {_kind(value)}")
     if not math.isfinite(value):
         raise InvalidMessage(f"{name}: not a finite number")
     return float(value)
@@ -170,9 +204,22 @@ def _event_time(data: dict[str, Any]) -> int:
     if value is None:
         raise InvalidMessage("event_time_ms: missing")
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidMessage(f"event_time_ms: expected epoch milliseconds, got {type(value).__name__}")
+        raise InvalidMessage(f"event_time_ms: expected epoch milliseconds, got {_kind(value)}")
     if not MIN_EVENT_MS <= value <= MAX_EVENT_MS:
         raise InvalidMessage(f"event_time_ms: {value} is outside 2000-01-01..2100-01-01")
+    return int(value)
+
+
+def optional_epoch_ms(data: dict[str, Any], name: str) -> int | None:
+    """An optional wall-clock/label time: None, or a finite number in [0, MAX_EPOCH_MS] (as int)."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidMessage(f"{name}: expected epoch milliseconds, got {_kind(value)}")
+    # NaN fails the comparison too (orjson never yields one, other callers might).
+    if not 0 <= value <= MAX_EPOCH_MS:
+        raise InvalidMessage(f"{name}: {value!r} is out of range (0..{MAX_EPOCH_MS})")
     return int(value)
 
 
@@ -193,12 +240,16 @@ def transaction_from_dict(data: dict[str, Any]) -> Transaction:
     extra_raw = data.get("extra") or {}
     if not isinstance(extra_raw, dict):
         raise InvalidMessage("extra: expected an object of numbers")
+    if len(extra_raw) > MAX_EXTRA_FIELDS:
+        raise InvalidMessage(f"extra: {len(extra_raw)} fields is more than the limit of {MAX_EXTRA_FIELDS}")
     extra: dict[str, float] = {}
     for key, value in extra_raw.items():
+        if len(key) > MAX_EXTRA_KEY_CHARS:
+            raise InvalidMessage(f"extra: a field name is longer than {MAX_EXTRA_KEY_CHARS} characters")
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise InvalidMessage(f"extra.{key}: expected a finite number")
         extra[key] = float(value)
-    produced = data.get("produced_ms")
+    produced_ms = optional_epoch_ms(data, "produced_ms")
     return Transaction(
         transaction_id=_require_str(data, "transaction_id"),
         event_time_ms=_event_time(data),
@@ -211,9 +262,7 @@ def transaction_from_dict(data: dict[str, Any]) -> Transaction:
         country=_optional_str(data, "country"),
         lat=lat,
         lon=lon,
-        produced_ms=int(produced)
-        if isinstance(produced, int | float) and not isinstance(produced, bool)
-        else None,
+        produced_ms=produced_ms,
         extra=extra,
     )
 
@@ -227,23 +276,61 @@ def decode_label(raw: bytes | str | None) -> Label:
     """Decode and validate a label message."""
     data = _load(raw)
     label = data.get("label")
-    if label not in (0, 1) or isinstance(label, bool):
-        raise InvalidMessage(f"label: expected 0 or 1, got {label!r}")
-    labelled = data.get("labelled_ms")
+    if type(label) is not int or label not in (0, 1):
+        raise InvalidMessage(f"label: expected 0 or 1, got {_excerpt(label)}")
     return Label(
         transaction_id=_require_str(data, "transaction_id"),
         event_time_ms=_event_time(data),
-        label=int(label),
+        label=label,
         card_id=_optional_str(data, "card_id"),
         terminal_id=_optional_str(data, "terminal_id"),
-        labelled_ms=int(labelled)
-        if isinstance(labelled, int | float) and not isinstance(labelled, bool)
-        else None,
+        labelled_ms=optional_epoch_ms(data, "labelled_ms"),
         fraud_scenario=_optional_str(data, "fraud_scenario"),
         source=_optional_str(data, "source"),
     )
 
 
+def _excerpt(value: Any, limit: int = 40) -> str:
+    """repr() of a value cut to `limit` characters, for error messages about hostile input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def decode_json(raw: bytes | str | None) -> dict[str, Any]:
-    """Decode any fraudkit JSON message (verdicts, control announcements) to a dict."""
+    """Decode any fraudkit JSON message (a JSON object with `"schema": 1`) to a dict."""
     return _load(raw)
+
+
+# The control topic's announcements (docs/architecture.md): the fields detectors read, by type.
+# Other fields are free-form: they are only shown, after escaping.
+_CONTROL_NAMES = ("type", "version", "trainer", "champion_version", "metric")
+# `error` may carry the tail of a failed retraining's log (retrain.LOG_TAIL_CHARS).
+_CONTROL_PROSE = ("reason", "error")
+MAX_CONTROL_PROSE_CHARS = 8 * MAX_TEXT_CHARS
+_CONTROL_OBJECTS = ("metrics", "champion_metrics", "rows", "timings")
+
+
+def decode_control(raw: bytes | str | None) -> dict[str, Any]:
+    """Decode a control-topic announcement, checking the type of every field the detectors read."""
+    data = _load(raw)
+    kind = data.get("type")
+    if kind is None:
+        raise InvalidMessage("type: missing")
+    for name in (*_CONTROL_NAMES, *_CONTROL_PROSE):
+        value = data.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidMessage(f"{name}: expected a string, got {_kind(value)}")
+        limit = MAX_TEXT_CHARS if name in _CONTROL_NAMES else MAX_CONTROL_PROSE_CHARS
+        if len(value) > limit:
+            raise InvalidMessage(f"{name}: {len(value)} characters is longer than the limit of {limit}")
+    for name in _CONTROL_OBJECTS:
+        value = data.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise InvalidMessage(f"{name}: expected an object, got {_kind(value)}")
+    holdout = (data.get("rows") or {}).get("holdout")
+    if holdout is not None and (type(holdout) is not int or not 0 <= holdout <= MAX_EPOCH_MS):
+        raise InvalidMessage(f"rows.holdout: expected a row count, got {_excerpt(holdout)}")
+    optional_epoch_ms(data, "at_ms")
+    return data

@@ -27,12 +27,15 @@ from fraudkit.database import (
     open_database,
 )
 from fraudkit.errors import BrokerError, DatabaseError
-from fraudkit.schema import InvalidMessage, decode_json, decode_label
+from fraudkit.schema import MAX_EPOCH_MS, MAX_TEXT_CHARS, InvalidMessage, decode_json, decode_label
 
 T = TypeVar("T")
 EventCallback = Callable[[str], None]
 
-_INT64 = 2**63
+# reasons is JSON of a few {feature, value, contribution} entries: anything much larger is not one.
+MAX_REASONS_BYTES = 16_384
+# The dead-letter table keeps this much of a message that could not be written.
+DEAD_LETTER_EXCERPT_CHARS = 4096
 _TEXT_FIELDS = ("card_id", "terminal_id", "currency", "country", "merchant_category", "decision")
 _TEXT_FIELDS_EXTRA = ("model_version", "detector")
 _FLOAT_FIELDS = ("amount", "score", "threshold")
@@ -60,6 +63,7 @@ class SinkSummary:
     duplicates: int = 0
     labels: int = 0
     invalid: int = 0
+    dead_letters: int = 0
     batches: int = 0
     database_retries: int = 0
     commit_failures: int = 0
@@ -85,12 +89,23 @@ class _Stopped(Exception):
     """Raised inside the retry loop when a stop was requested while the database was down."""
 
 
-def _text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool | int | float):
+def storable_text(value: str, name: str) -> str:
+    """A text value every supported database stores: bounded, and without NUL (PostgreSQL refuses it)."""
+    if len(value) > MAX_TEXT_CHARS:
+        raise InvalidMessage(f"{name}: {len(value)} characters is longer than the limit of {MAX_TEXT_CHARS}")
+    if "\x00" in value:
+        raise InvalidMessage(f"{name}: contains a NUL character")
+    return value
+
+
+def _text(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return storable_text(value, name)
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
-    raise InvalidMessage(f"expected text, got {type(value).__name__}")
+    raise InvalidMessage(f"{name}: expected text, got {type(value).__name__}")
 
 
 def _float(value: Any, name: str) -> float | None:
@@ -105,9 +120,10 @@ def _int(value: Any, name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidMessage(f"{name}: expected epoch milliseconds, got {value!r}")
-    if abs(value) >= _INT64:
-        raise InvalidMessage(f"{name}: {value} is out of range")
+        raise InvalidMessage(f"{name}: expected epoch milliseconds, got {type(value).__name__}")
+    # Epoch milliseconds; the range also keeps SQLite's and PostgreSQL's 64-bit integers safe.
+    if not -MAX_EPOCH_MS <= value <= MAX_EPOCH_MS:
+        raise InvalidMessage(f"{name}: {value!r} is out of range")
     return int(value)
 
 
@@ -118,24 +134,35 @@ def verdict_row(data: dict[str, Any]) -> tuple[Any, ...]:
         transaction_id = str(transaction_id)
     if not isinstance(transaction_id, str) or not transaction_id:
         raise InvalidMessage("transaction_id: missing")
-    values: dict[str, Any] = {"transaction_id": transaction_id}
+    values: dict[str, Any] = {"transaction_id": storable_text(transaction_id, "transaction_id")}
     for name in (*_TEXT_FIELDS, *_TEXT_FIELDS_EXTRA):
-        try:
-            values[name] = _text(data.get(name))
-        except InvalidMessage as exc:
-            raise InvalidMessage(f"{name}: {exc}") from None
+        values[name] = _text(data.get(name), name)
     for name in _FLOAT_FIELDS:
         values[name] = _float(data.get(name), name)
     for name in _INT_FIELDS:
         values[name] = _int(data.get(name), name)
     reasons = data.get("reasons")
-    values["reasons"] = None if reasons is None else orjson.dumps(reasons).decode()
+    if reasons is not None and not isinstance(reasons, list):
+        raise InvalidMessage(f"reasons: expected a list, got {type(reasons).__name__}")
+    encoded = None if reasons is None else orjson.dumps(reasons)
+    if encoded is not None:
+        if len(encoded) > MAX_REASONS_BYTES:
+            raise InvalidMessage(
+                f"reasons: {len(encoded):,} bytes is more than the limit of {MAX_REASONS_BYTES:,}"
+            )
+        if b"\\u0000" in encoded:  # PostgreSQL's JSONB refuses NUL in strings
+            raise InvalidMessage("reasons: contains a NUL character")
+    values["reasons"] = None if encoded is None else encoded.decode()
     return tuple(values[name] for name in VERDICT_FIELDS)
 
 
 def label_row(raw: bytes | None) -> tuple[Any, ...]:
     """A fraud_labels row (LABEL_ROW_FIELDS order) from a label message."""
     label = decode_label(raw)
+    for name in ("transaction_id", "card_id", "terminal_id", "fraud_scenario"):
+        text = getattr(label, name)
+        if text is not None:
+            storable_text(text, name)
     values = {
         "transaction_id": label.transaction_id,
         "event_time_ms": label.event_time_ms,
@@ -146,6 +173,23 @@ def label_row(raw: bytes | None) -> tuple[Any, ...]:
         "fraud_scenario": label.fraud_scenario,
     }
     return tuple(values[name] for name in LABEL_ROW_FIELDS)
+
+
+def dead_letter_row(message: Any, reason: str) -> tuple[Any, ...]:
+    """A dead-letter table row (DEAD_LETTER_FIELDS order): source offset, reason, a storable excerpt."""
+    raw = message.value()
+    excerpt = None
+    if raw is not None:
+        excerpt = raw[: DEAD_LETTER_EXCERPT_CHARS * 4].decode("utf-8", "replace")[:DEAD_LETTER_EXCERPT_CHARS]
+        excerpt = excerpt.replace("\x00", "\ufffd")
+    return (
+        message.topic() or "",
+        message.partition(),
+        message.offset(),
+        reason.replace("\x00", "\ufffd")[:1000],
+        None if raw is None else len(raw),
+        excerpt,
+    )
 
 
 def with_retry(
@@ -168,7 +212,8 @@ def with_retry(
         except DatabaseUnavailable as exc:
             elapsed = time.monotonic() - started
             if elapsed >= retry_max_s:
-                raise DatabaseError(f"{exc} (gave up after {elapsed:.1f}s of retries)") from None
+                # Still "unavailable": callers must not mistake it for a refused row.
+                raise DatabaseUnavailable(f"{exc} (gave up after {elapsed:.1f}s of retries)") from None
             wait = min(delay, retry_max_s - elapsed)
             if on_retry is not None:
                 on_retry(exc, wait)
@@ -198,7 +243,10 @@ class SinkRunner:
         self.on_batch = on_batch
         self.on_tick = on_tick  # every turn of the loop: (summary, partitions assigned), for probes
         self.database = database or open_database(
-            config.sink.url, config.sink.table, config.sink.labels_table
+            config.sink.url,
+            config.sink.table,
+            config.sink.labels_table,
+            dead_letter_table=config.sink.dead_letter_table,
         )
         self._consumer = consumer
         self.summary = SinkSummary(database=self.database.url.describe(), table=self.database.table)
@@ -297,6 +345,10 @@ class SinkRunner:
     def _process(self, consumer: Any, messages: Sequence[Any]) -> None:
         verdicts: list[tuple[Any, ...]] = []
         labels: list[tuple[Any, ...]] = []
+        # Where each row came from, for the dead-letter table if the database refuses it.
+        verdict_sources: list[Any] = []
+        label_sources: list[Any] = []
+        dead_letters: list[tuple[Any, ...]] = []
         offsets: dict[tuple[str, int], int] = {}
         consumed = 0
         for message in messages:
@@ -314,35 +366,47 @@ class SinkRunner:
             try:
                 if topic == self.config.topics.verdicts:
                     verdicts.append(verdict_row(decode_json(message.value())))
+                    verdict_sources.append(message)
                 else:
                     labels.append(label_row(message.value()))
+                    label_sources.append(message)
             except InvalidMessage as exc:
                 self.summary.invalid += 1
                 if len(self.summary.invalid_examples) < 5:
                     self.summary.invalid_examples.append(
                         f"{topic}[{message.partition()}]@{message.offset()}: {exc}"
                     )
+                dead_letters.append(dead_letter_row(message, str(exc)))
         if not consumed:
             return
         self._last_message_at = time.monotonic()
         result = WriteResult()
-        if verdicts or labels:
-            try:
-                result = with_retry(
-                    lambda: self.database.write_batch(verdicts, labels),
-                    self.config.sink.retry_max_s,
-                    self.stop,
-                    self._on_retry,
-                )
-            except _Stopped:
-                self.summary.uncommitted += consumed
-                raise
-            except DatabaseError as exc:
-                # Nothing of this batch is committed to Kafka, so the next run reads it again.
-                raise type(exc)(
-                    f"{exc}; {consumed} message(s) of the last batch stay uncommitted in Kafka "
-                    "and will be written by the next run"
-                ) from None
+        try:
+            if verdicts or labels:
+                try:
+                    result = self._retrying(lambda: self.database.write_batch(verdicts, labels))
+                except DatabaseUnavailable:
+                    raise
+                except DatabaseError as exc:
+                    # Refused, not unreachable: some row is bad in a way validation did not catch.
+                    # Write what can be written; the rows refused alone become dead letters.
+                    result, refused = self._isolate(
+                        list(zip(verdicts, verdict_sources, strict=True)),
+                        list(zip(labels, label_sources, strict=True)),
+                        exc,
+                    )
+                    dead_letters.extend(refused)
+            if dead_letters:
+                self._retrying(lambda: self.database.write_dead_letters(dead_letters))
+        except _Stopped:
+            self.summary.uncommitted += consumed
+            raise
+        except DatabaseError as exc:
+            # Nothing of this batch is committed to Kafka, so the next run reads it again.
+            raise type(exc)(
+                f"{exc}; {consumed} message(s) of the last batch stay uncommitted in Kafka "
+                "and will be written by the next run"
+            ) from None
         self._commit(consumer, offsets, consumed)
         summary = self.summary
         summary.messages += consumed
@@ -350,9 +414,63 @@ class SinkRunner:
         summary.inserted += result.inserted
         summary.duplicates += result.duplicates
         summary.labels += len(labels)
+        summary.dead_letters += len(dead_letters)
         summary.batches += 1
         if self.on_batch is not None:
             self.on_batch(summary)
+
+    def _retrying(self, action: Callable[[], T]) -> T:
+        return with_retry(action, self.config.sink.retry_max_s, self.stop, self._on_retry)
+
+    def _isolate(
+        self,
+        verdicts: list[tuple[tuple[Any, ...], Any]],
+        labels: list[tuple[tuple[Any, ...], Any]],
+        first_error: DatabaseError,
+    ) -> tuple[WriteResult, list[tuple[Any, ...]]]:
+        """Write a refused batch by halves until each refused row stands alone; those are returned.
+
+        A batch whose every row is refused on its own is not a poison row but a database that
+        refuses everything (permissions, a changed table): that raises the first error.
+        """
+        total = WriteResult()
+        refused: list[tuple[Any, ...]] = []
+        pending: list[tuple[list[Any], list[Any]]] = [(verdicts, labels)]
+        while pending:
+            part_verdicts, part_labels = pending.pop()
+            verdict_rows = [row for row, _ in part_verdicts]
+            label_rows = [row for row, _ in part_labels]
+            try:
+                result = self._retrying(
+                    lambda v=verdict_rows, labelled=label_rows: self.database.write_batch(v, labelled)  # type: ignore[misc]
+                )
+            except DatabaseUnavailable:
+                raise
+            except DatabaseError as exc:
+                rows = len(part_verdicts) + len(part_labels)
+                if rows == 1:
+                    (_, source) = (part_verdicts or part_labels)[0]
+                    refused.append(dead_letter_row(source, f"the database refused the row: {exc}"))
+                    continue
+                # Each part is strictly smaller: verdicts apart from labels, then halves.
+                if part_verdicts and part_labels:
+                    pending += [(part_verdicts, []), ([], part_labels)]
+                elif part_verdicts:
+                    middle = len(part_verdicts) // 2
+                    pending += [(part_verdicts[:middle], []), (part_verdicts[middle:], [])]
+                else:
+                    middle = len(part_labels) // 2
+                    pending += [([], part_labels[:middle]), ([], part_labels[middle:])]
+                continue
+            total.inserted += result.inserted
+            total.duplicates += result.duplicates
+            total.labels += result.labels
+        if len(refused) == len(verdicts) + len(labels) > 1:
+            raise first_error
+        self.on_event(
+            f"{len(refused)} row(s) refused by the database went to {self.database.dead_letter_table}"
+        )
+        return total, refused
 
     def _commit(self, consumer: Any, offsets: dict[tuple[str, int], int], consumed: int) -> None:
         partitions = [kafka.TopicPartition(topic, part, offset) for (topic, part), offset in offsets.items()]

@@ -297,6 +297,79 @@ def test_dead_letters_are_routed_and_the_detector_keeps_going(detect_config: Fra
     assert again.consumed == 0
 
 
+def big_message_topic(config: FraudkitConfig) -> FraudkitConfig:
+    """The config with a fresh transactions topic that accepts 4 MB messages (Apache Kafka's
+    broker default is about 1 MB; a broker that ignores the setting keeps its own limit)."""
+    from confluent_kafka.admin import NewTopic
+
+    topic = f"{config.topics.transactions}-big"
+    admin = kafka.make_admin(config)
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=3, replication_factor=1, config={"max.message.bytes": "4194304"})]
+    )
+    for future in futures.values():
+        future.result(timeout=15)
+    return config.model_copy(update={"topics": config.topics.model_copy(update={"transactions": topic})})
+
+
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_oversized_and_out_of_range_messages_are_dead_lettered_and_never_stop_the_detector(
+    detect_config: FraudkitConfig, exactly_once: bool
+) -> None:
+    config = big_message_topic(detect_config)
+    good = [transaction(i) for i in range(200)]
+    huge_field = orjson.dumps({**transaction(9001).to_dict(), "merchant_category": "m" * 1_500_000})
+    not_json = b"\x00garbage" * 200_000  # 2 MB
+    absurd_time = orjson.dumps({**transaction(9002).to_dict(), "produced_ms": 1e300})
+    boolean_schema = orjson.dumps({**transaction(9003).to_dict(), "schema": True})
+    producer = kafka.make_producer(config, **{"message.max.bytes": 4_000_000})
+    for tx in good[:100]:
+        kafka.produce(producer, config.topics.transactions, encode(tx), key=tx.card_id)
+    tracker = kafka.DeliveryTracker()
+    for value in (huge_field, not_json, absurd_time, boolean_schema):
+        kafka.produce(
+            producer, config.topics.transactions, value, key="card-bad", on_delivery=tracker.callback
+        )
+    for tx in good[100:]:
+        kafka.produce(producer, config.topics.transactions, encode(tx), key=tx.card_id)
+    kafka.flush(producer)
+    tracker.check()  # the broker took all four: the detector has to deal with them
+
+    summary = run_detect(config, until_idle_s=2, exactly_once=exactly_once)
+
+    assert summary.verdicts == 200 and summary.dead_letters == 4
+    isolation = "read_committed" if exactly_once else "read_uncommitted"
+    assert set(verdicts_by_id(config, isolation)) == {tx.transaction_id for tx in good}
+    letters = {
+        headers_of(m)["source_offset"]: m for m in read_topic(config, config.topics.dead_letter, isolation)
+    }
+    assert len(letters) == 4
+    by_error = {headers_of(m)["error"].split(":")[0]: m for m in letters.values()}
+    assert set(by_error) == {
+        f"message of {len(huge_field) + len(b'card-bad'):,} bytes is larger than detect.max_message_bytes (1,000,000)".split(
+            ":"
+        )[0],
+        f"message of {len(not_json) + len(b'card-bad'):,} bytes is larger than detect.max_message_bytes (1,000,000)".split(
+            ":"
+        )[0],
+        "produced_ms",
+        "schema",
+    }
+    for message in letters.values():
+        headers = headers_of(message)
+        assert headers["source_topic"] == config.topics.transactions
+        if headers.get("truncated") == "true":
+            assert len(message.value()) == 4096
+            assert int(headers["original_bytes"]) in (len(huge_field), len(not_json))
+        else:
+            assert message.value() in (absurd_time, boolean_schema)
+    assert headers_of(by_error["produced_ms"])["error"].startswith("produced_ms: 1e+300 is out of range")
+    assert headers_of(by_error["schema"])["error"] == "schema: expected an integer version, got bool"
+    # Committed past all of them: a restart has nothing left to do (no crash loop).
+    again = run_detect(config, until_idle_s=1, exactly_once=exactly_once)
+    assert again.consumed == 0
+
+
 def test_json_summary_from_the_cli(detect_config: FraudkitConfig, tmp_path: Path) -> None:
     produce_transactions(detect_config, [transaction(i) for i in range(200)])
     config_path = write_config_file(detect_config, tmp_path / "config.yaml")

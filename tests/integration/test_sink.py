@@ -132,7 +132,7 @@ def postgres_backend(postgres_url: str) -> Iterator[Backend]:
 
     yield Backend(postgres_url, table, query)
     with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f"DROP TABLE IF EXISTS {table}, {table}_labels")
+        connection.execute(f"DROP TABLE IF EXISTS {table}, {table}_labels, {table}_dead")
 
 
 def configure(config: FraudkitConfig, backend: Backend, **sink: Any) -> FraudkitConfig:
@@ -316,3 +316,98 @@ def test_postgres_missing_database_is_a_clear_error(postgres_url: str, tmp_path:
         "/fraudkit_no_such_db" in result.stderr
         and 'database "fraudkit_no_such_db" does not exist' in result.stderr
     )
+
+
+def sink_poison(config: FraudkitConfig, backend: Backend) -> None:
+    """A NUL in a text field and labelled_ms 1e300 among good verdicts: dead-lettered, never blocking."""
+    config = configure(config, backend, dead_letter_table=f"{backend.table}_dead", poll_timeout_s=0.1)
+    produce_verdicts(config, list(range(50)), labelled={3: 1})
+    nul = orjson.dumps({**verdict(900), "country": "F\x00R"})
+    nul_reason = orjson.dumps(
+        {**verdict(901), "reasons": [{"feature": "a\x00b", "value": 1, "contribution": 1}]}
+    )
+    overflow = orjson.dumps({**label(902, 1).to_dict(), "labelled_ms": 1e300})
+    producer = kafka.make_producer(config)
+    for topic, value in (
+        (config.topics.verdicts, nul),
+        (config.topics.verdicts, nul_reason),
+        (config.topics.labels, overflow),
+    ):
+        kafka.produce(producer, topic, value, "card-bad")
+    kafka.flush(producer)
+    produce_verdicts(config, list(range(50, 100)))
+
+    result = runner.invoke(
+        app,
+        ["sink", "--until-idle", "3", "--json"],
+        env={"FRAUDKIT_CONFIG": str(write_config(config, backend_dir(config)))},
+    )
+    assert result.exit_code == 0, result.output
+    summary = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["verdicts"], summary["labels"], summary["dead_letters"]) == (100, 1, 3)
+    assert backend.count() == 100
+    letters = backend.query(
+        f"SELECT source_topic, source_offset >= 0, reason, payload_bytes FROM {backend.table}_dead ORDER BY reason"
+    )
+    assert [(row[0], row[1], row[2], row[3]) for row in letters] == [
+        (config.topics.verdicts, True, "country: contains a NUL character", len(nul)),
+        (
+            config.topics.labels,
+            True,
+            "labelled_ms: 1e+300 is out of range (0..9007199254740991)",
+            len(overflow),
+        ),
+        (config.topics.verdicts, True, "reasons: contains a NUL character", len(nul_reason)),
+    ]
+    # Committed past them: the next run finds nothing (it used to fail on the same batch forever).
+    again = runner.invoke(
+        app,
+        ["sink", "--until-idle", "2", "--json"],
+        env={"FRAUDKIT_CONFIG": str(write_config(config, backend_dir(config)))},
+    )
+    assert again.exit_code == 0, again.output
+    assert orjson.loads(again.stdout.strip().splitlines()[-1])["messages"] == 0
+
+
+def backend_dir(config: FraudkitConfig) -> Path:
+    return Path(config.registry.path).parent
+
+
+@pytest.mark.kafka
+def test_sink_dead_letters_poison_rows_sqlite(kafka_config: FraudkitConfig, tmp_path: Path) -> None:
+    sink_poison(kafka_config, sqlite_backend(tmp_path))
+
+
+@pytest.mark.kafka
+@pytest.mark.postgres
+def test_sink_dead_letters_poison_rows_postgres(
+    kafka_config: FraudkitConfig, postgres_backend: Backend
+) -> None:
+    sink_poison(kafka_config, postgres_backend)
+
+
+@pytest.mark.postgres
+def test_postgres_refuses_a_nul_as_a_data_error_and_keeps_dead_letters(postgres_url: str) -> None:
+    """The premise of row isolation: PostgreSQL's refusal of a bad row is not "unavailable" (no retry)."""
+    from fraudkit.database import DatabaseUnavailable
+    from fraudkit.errors import DatabaseError
+
+    table = f"fp_{uuid.uuid4().hex[:12]}"
+    db = open_database(postgres_url, table, f"{table}_labels", dead_letter_table=f"{table}_dead")
+    try:
+        db.ensure_schema()
+        good = verdict_row(verdict(1))
+        bad = tuple(value.replace("FR", "F\x00R") if value == "FR" else value for value in good)
+        with pytest.raises(DatabaseError) as error:
+            db.write_batch([bad], [])
+        assert not isinstance(error.value, DatabaseUnavailable)
+        assert db.write_batch([good], []).inserted == 1  # the connection is usable after the refusal
+        db.write_dead_letters([("verdicts", 0, 7, "country: contains a NUL character", 10, "excerpt")])
+        db.write_dead_letters([("verdicts", 0, 7, "again", 10, "excerpt")])  # a re-delivery: no-op
+        assert db.query(f"SELECT source_offset, reason FROM {table}_dead") == [
+            (7, "country: contains a NUL character")
+        ]
+    finally:
+        db.close()
+        with psycopg.connect(postgres_url, autocommit=True) as connection:
+            connection.execute(f"DROP TABLE IF EXISTS {table}, {table}_labels, {table}_dead")

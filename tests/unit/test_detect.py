@@ -384,6 +384,8 @@ class FakeProducer:
         self.outstanding: list[tuple[str, Any]] = []
         self.produced: list[tuple[str, bytes | None, Any, Any]] = []
         self.acks_on_poll = False
+        self.broker_max_bytes = 10**9
+        self.transaction_failed = False
 
     def __len__(self) -> int:
         return len(self.outstanding)
@@ -393,13 +395,20 @@ class FakeProducer:
     ) -> None:
         self.events.append(("produce", topic))
         self.produced.append((topic, value, key, headers))
-        self.outstanding.append((topic, on_delivery))
+        self.outstanding.append((topic, on_delivery, value, key))
 
     def _deliver(self) -> int:
-        for topic, callback in self.outstanding:
+        for topic, callback, value, key in self.outstanding:
             if topic in self.failing:
-                error = type("Error", (), {"str": lambda self: "broker down"})()
-                callback(error, FakeMessage(topic, 0, 0, None, None))
+                callback(
+                    FakeError(kafka.KafkaError._TRANSPORT, "broker down"),
+                    FakeMessage(topic, 0, 0, None, None),
+                )
+            elif value is not None and len(value) > self.broker_max_bytes:
+                # What a broker with a smaller message.max.bytes answers.
+                error = FakeError(kafka.KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large")
+                callback(error, FakeMessage(topic, 0, 0, value, key))
+                self.transaction_failed = True
         delivered = len(self.outstanding)
         self.outstanding = []
         return delivered
@@ -424,7 +433,31 @@ class FakeProducer:
 
     def commit_transaction(self, timeout: float) -> None:
         self.flush()
+        if self.transaction_failed:
+            raise kafka.KafkaException(FakeError(kafka.KafkaError._STATE, "delivery failed", abort=True))
         self.events.append(("commit_transaction",))
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.outstanding = []
+        self.transaction_failed = False
+        self.events.append(("abort_transaction",))
+
+
+class FakeError:
+    def __init__(self, code: int, text: str, abort: bool = False) -> None:
+        self._code, self._text, self._abort = code, text, abort
+
+    def code(self) -> int:
+        return self._code
+
+    def str(self) -> str:
+        return self._text
+
+    def txn_requires_abort(self) -> bool:
+        return self._abort
+
+    def retriable(self) -> bool:
+        return False
 
 
 def scripted_loop(
@@ -435,10 +468,11 @@ def scripted_loop(
     failing: set[str] | None = None,
     extensions: list[DetectExtension] | None = None,
     max_transactions: int | None = None,
+    detect: dict[str, Any] | None = None,
 ) -> tuple[_DetectLoop, FakeConsumer, FakeProducer, list[tuple[Any, ...]]]:
     """A loop over fake clients, bounded by max_transactions (else by a short idle time)."""
     config = FraudkitConfig.model_validate(
-        {"registry": {"path": str(tmp_path)}, "detect": {"batch_size": 10}}
+        {"registry": {"path": str(tmp_path)}, "detect": {"batch_size": 10, **(detect or {})}}
     )
     events: list[tuple[Any, ...]] = []
     consumer = FakeConsumer(events, batches)

@@ -110,7 +110,9 @@ def test_label_row() -> None:
         "fraud_scenario": "card_testing",
     }
     with pytest.raises(InvalidMessage, match="label: expected 0 or 1"):
-        label_row(b'{"transaction_id": "x", "event_time_ms": 1770000000000, "label": 2}')
+        label_row(b'{"schema": 1, "transaction_id": "x", "event_time_ms": 1770000000000, "label": 2}')
+    with pytest.raises(InvalidMessage, match="schema: missing schema version"):
+        label_row(b'{"transaction_id": "x", "event_time_ms": 1770000000000, "label": 1}')
 
 
 # -- URLs and names ------------------------------------------------------------------------------
@@ -287,6 +289,7 @@ class FlakyDatabase:
         self.commits_seen_at_failure: list[int] = []
         self.url = inner.url
         self.table = inner.table
+        self.dead_letter_table = inner.dead_letter_table
 
     def ensure_schema(self) -> None:
         self.inner.ensure_schema()
@@ -297,6 +300,9 @@ class FlakyDatabase:
             self.commits_seen_at_failure.append(len(self.consumer.commits))
             raise DatabaseUnavailable("cannot write to PostgreSQL h:5432/db: server closed the connection")
         return self.inner.write_batch(verdicts, labels)
+
+    def write_dead_letters(self, rows: Any) -> None:
+        self.inner.write_dead_letters(rows)
 
     def close(self) -> None:
         self.inner.close()

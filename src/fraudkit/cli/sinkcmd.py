@@ -118,7 +118,8 @@ def sink(
         return
     console.print(
         f"sink: {summary.verdicts:,} verdicts ({summary.inserted:,} new, {summary.duplicates:,} already stored), "
-        f"{summary.labels:,} labels, {summary.invalid:,} invalid skipped in {summary.elapsed_s:.1f}s "
+        f"{summary.labels:,} labels, {summary.invalid:,} invalid skipped, "
+        f"{summary.dead_letters:,} dead letters in {summary.elapsed_s:.1f}s "
         f"({summary.rows_per_s:,.0f} rows/s) → {summary.table} in {summary.database}; "
         f"stopped by {summary.stopped_by}",
         markup=False,
