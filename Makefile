@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv kafka demo test lint unit bench clean
+.PHONY: venv kafka browser demo test lint unit bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ venv: $(STAMP)
 kafka: $(STAMP)
 	$(BIN)/fraudkit broker install
 
+# The dashboard's browser test drives Debian's headless Chromium (Playwright cannot download browsers here).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  { echo "the dashboard's browser test needs Chromium: install the chromium package"; exit 1; }
+
 # The demo runs on Apache Kafka when Java and Maven are there, else on the embedded Tansu broker.
 demo: $(STAMP)
 	@if command -v mvn >/dev/null && command -v java >/dev/null; then \
@@ -30,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-test: $(STAMP) lint kafka
+test: $(STAMP) lint kafka browser
 	$(BIN)/python -m pytest -q
 
 unit: $(STAMP)
