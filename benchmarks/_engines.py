@@ -7,7 +7,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from fraudkit.broker import (
+from fraudkit.stream.broker import (
     ENGINES,
     RunningBroker,
     default_cache_dir,

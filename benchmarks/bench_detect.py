@@ -45,14 +45,14 @@ import numpy as np
 from _detector_log import DetectorLog
 from _engines import add_engines_argument, broker_cpu_seconds, chosen_engines, local_broker
 
-from fraudkit import kafka
 from fraudkit.config import FraudkitConfig, SimulateConfig, load_config
-from fraudkit.detect import run_detect
+from fraudkit.data.simulate import simulate_dataset
+from fraudkit.detect.loop import run_detect
 from fraudkit.features import FeatureSpec, OnlineFeatures, frame_to_transactions
-from fraudkit.model import LoadedModel, Normalisation, build_mlp, state_to_numpy
-from fraudkit.registry import Registry
+from fraudkit.model.network import LoadedModel, Normalisation, build_mlp, state_to_numpy
+from fraudkit.model.registry import Registry
 from fraudkit.schema import InvalidMessage, Transaction, decode_transaction, encode
-from fraudkit.simulate import simulate_dataset
+from fraudkit.stream import kafka
 
 # The latency phase's stream: its first WARMUP transactions only fill the model's normalisation
 # sample (the simulator's first days), the rest are produced.

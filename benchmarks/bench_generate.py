@@ -8,7 +8,7 @@ Starts its own broker per engine (--engines, default kafka,tansu). Each paced ru
 --verdicts) and
 prints achieved/target. The unlimited run sends --max-count transactions as fast as possible.
 `memory` cycles pre-built canonical frames so only encoding and producing are measured;
-`simulator` uses fraudkit.simulate's endless stream (when that module is installed).
+`simulator` uses fraudkit.data.simulate's endless stream (when that module is installed).
 """
 
 from __future__ import annotations

@@ -21,17 +21,17 @@ from pathlib import Path
 import numpy as np
 from bench_detect import SimulatorFields, bench_config, preload, simulated_transactions
 
-from fraudkit import kafka
-from fraudkit.broker import free_port, running_broker
 from fraudkit.config import FraudkitConfig
-from fraudkit.detect import run_detect
+from fraudkit.detect.loop import run_detect
 from fraudkit.features import FeatureSpec, OnlineFeatures
-from fraudkit.model import LoadedModel, Normalisation, build_mlp, state_to_numpy
+from fraudkit.model.network import LoadedModel, Normalisation, build_mlp, state_to_numpy
+from fraudkit.model.registry import Registry
 from fraudkit.observability.detect_telemetry import DetectTelemetry
 from fraudkit.observability.drift import training_reference
 from fraudkit.observability.server import ObservabilityServer
-from fraudkit.registry import Registry
 from fraudkit.schema import Transaction
+from fraudkit.stream import kafka
+from fraudkit.stream.broker import free_port, running_broker
 
 
 def publish_mlp_with_reference(config: FraudkitConfig, sample: list[Transaction]) -> str:
@@ -91,7 +91,7 @@ def hook_cost_per_batch(config: FraudkitConfig, transactions: list[Transaction],
     """Seconds the telemetry's per-batch hooks take on one real batch (features, scores), best of 50."""
     import time
 
-    from fraudkit.detect import load_holder
+    from fraudkit.detect.loop import load_holder
 
     holder = load_holder(config, "current")
     telemetry = DetectTelemetry(config, "hooks")

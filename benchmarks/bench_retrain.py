@@ -47,13 +47,13 @@ import orjson
 from _detector_log import DetectorLog
 from _engines import add_engines_argument, chosen_engines, local_broker
 
-from fraudkit import kafka
 from fraudkit.config import FraudkitConfig, SimulateConfig, load_config
+from fraudkit.data.simulate import simulate_dataset
 from fraudkit.features import FeatureSpec, OnlineFeatures, frame_to_labels, frame_to_transactions
-from fraudkit.model import LoadedModel, Normalisation, build_mlp, state_to_numpy
-from fraudkit.registry import Registry
+from fraudkit.model.network import LoadedModel, Normalisation, build_mlp, state_to_numpy
+from fraudkit.model.registry import Registry
 from fraudkit.schema import Label, Transaction, encode
-from fraudkit.simulate import simulate_dataset
+from fraudkit.stream import kafka
 
 LABEL_LAG_S = 2.0
 DAY_MS = 86_400_000

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fraudkit.config import SimulateConfig
-from fraudkit.simulate import simulate_dataset, stream_transactions, write_dataset
+from fraudkit.data.simulate import simulate_dataset, stream_transactions, write_dataset
 
 
 def baseline_frame(rows: int) -> pd.DataFrame:

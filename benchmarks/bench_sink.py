@@ -22,11 +22,12 @@ from typing import Any
 import psycopg
 from _engines import add_engines_argument, chosen_engines, local_broker
 
-from fraudkit import kafka, schema
+from fraudkit import schema
 from fraudkit.config import load_config
-from fraudkit.database import VERDICT_FIELDS, open_database
-from fraudkit.localpg import running_postgres
-from fraudkit.sink import SinkOptions, SinkSummary, run_sink, verdict_row
+from fraudkit.storage.database import VERDICT_FIELDS, open_database
+from fraudkit.storage.localpg import running_postgres
+from fraudkit.storage.sink import SinkOptions, SinkSummary, run_sink, verdict_row
+from fraudkit.stream import kafka
 
 DEFAULT_URL = os.environ.get("FRAUDKIT_TEST_POSTGRES_URL")
 EVENT_MS = 1_770_000_000_000

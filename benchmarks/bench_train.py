@@ -30,8 +30,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fraudkit.config import SimulateConfig, load_config
-from fraudkit.metrics import DAY_MS
-from fraudkit.spark import spark_session
+from fraudkit.data.spark import spark_session
+from fraudkit.model.metrics import DAY_MS
 
 console = Console()
 TARGET_SECONDS = 300.0
@@ -40,7 +40,7 @@ DEFAULT_ROWS_PER_CUSTOMER = 708_665 / 5000  # the default world's rows per custo
 
 def simulate(path: Path, customers: int) -> tuple[int, int, int]:
     """Write a default-config simulation with `customers` customers; rows, frauds, start ms."""
-    from fraudkit.simulate import simulate_to_file
+    from fraudkit.data.simulate import simulate_to_file
 
     terminals = max(10_000, customers * 2)
     summary = simulate_to_file(SimulateConfig(customers=customers, terminals=terminals, out=path))
@@ -49,8 +49,8 @@ def simulate(path: Path, customers: int) -> tuple[int, int, int]:
 
 def quality(workdir: Path, spark: object) -> bool:
     """Train on the default dataset and evaluate on a held-out window; print the table."""
-    from fraudkit.evaluate import evaluate_model
-    from fraudkit.train import format_ms, train_from_dataset
+    from fraudkit.model.evaluate import evaluate_model
+    from fraudkit.model.train import format_ms, train_from_dataset
 
     data = workdir / "default.parquet"
     rows, frauds, start_ms = simulate(data, 5000)
@@ -117,7 +117,7 @@ def quality(workdir: Path, spark: object) -> bool:
 
 def timing(workdir: Path, spark: object, target_rows: int) -> None:
     """Time train_from_dataset on at least `target_rows` transactions."""
-    from fraudkit.train import train_from_dataset
+    from fraudkit.model.train import train_from_dataset
 
     customers = math.ceil(target_rows / DEFAULT_ROWS_PER_CUSTOMER * 1.02)
     data = workdir / "timing.parquet"

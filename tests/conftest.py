@@ -44,8 +44,8 @@ def broker_engine(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def kafka_bootstrap(broker_engine: str) -> Iterator[str]:
     """A real broker (Apache Kafka in KRaft mode, or Tansu) on a free port for the whole session."""
-    from fraudkit.broker import default_cache_dir, install_kafka, running_broker
     from fraudkit.errors import BrokerError
+    from fraudkit.stream.broker import default_cache_dir, install_kafka, running_broker
 
     if broker_engine == "kafka":
         try:
@@ -98,7 +98,7 @@ def kafka_config(kafka_bootstrap: str, tmp_path: Path) -> FraudkitConfig:
 def spark() -> Any:
     """One local Spark session shared by every Spark test."""
     from fraudkit.config import SparkConfig
-    from fraudkit.spark import spark_session
+    from fraudkit.data.spark import spark_session
 
     session = spark_session(SparkConfig(master="local[2]", driver_memory="2g", shuffle_partitions=4))
     yield session
@@ -131,7 +131,7 @@ def postgres_url() -> Iterator[str]:
             pytest.skip(message)
         yield url
         return
-    from fraudkit.localpg import running_postgres
+    from fraudkit.storage.localpg import running_postgres
 
     try:
         server = running_postgres()

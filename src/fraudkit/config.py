@@ -216,7 +216,7 @@ class TrainConfig(Section):
     @field_validator("hidden_sizes")
     @classmethod
     def _sane_layers(cls, value: list[int]) -> list[int]:
-        # The same limits as fraudkit.model.MAX_LAYER_WIDTH / MAX_HIDDEN_LAYERS (kept literal so
+        # The same limits as fraudkit.model.network.MAX_LAYER_WIDTH / MAX_HIDDEN_LAYERS (kept literal so
         # that reading the config does not import numpy).
         if len(value) > 64 or any(not 1 <= size <= 65_536 for size in value):
             raise ValueError("must be at most 64 layer widths, each from 1 to 65536")

@@ -19,8 +19,8 @@ from fraudkit.errors import BrokerError, FraudkitError
 if TYPE_CHECKING:
     import pandas
 
-    from fraudkit.detect import DetectSummary
-    from fraudkit.detect_status import DetectStatus
+    from fraudkit.detect.loop import DetectSummary
+    from fraudkit.detect.status import DetectStatus
     from fraudkit.generate import GenerateSummary
 
 # The demo world: big enough for a model to learn card/terminal behaviour, small enough to train
@@ -78,7 +78,7 @@ class DemoSummary:
 @contextlib.contextmanager
 def _broker(config: FraudkitConfig, state: DemoState, stage: StageCallback) -> Iterator[FraudkitConfig]:
     """Use the configured Kafka if it answers, else run the embedded broker for the demo's lifetime."""
-    from fraudkit.broker import (
+    from fraudkit.stream.broker import (
         cache_dir_of,
         engine_version,
         free_port,
@@ -86,7 +86,7 @@ def _broker(config: FraudkitConfig, state: DemoState, stage: StageCallback) -> I
         resolve_engine,
         running_broker,
     )
-    from fraudkit.kafka import wait_for_broker
+    from fraudkit.stream.kafka import wait_for_broker
 
     with contextlib.suppress(BrokerError):
         wait_for_broker(config, timeout_s=1.5)
@@ -179,10 +179,10 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def prepare(config: FraudkitConfig, stage: StageCallback) -> tuple[str, int]:
     """Simulate, split and train the first model; returns (model version, last event time of the data)."""
-    from fraudkit.simulate import simulate_to_file
-    from fraudkit.spark import spark_session
-    from fraudkit.split import split_dataset
-    from fraudkit.train import train_from_dataset
+    from fraudkit.data.simulate import simulate_to_file
+    from fraudkit.data.spark import spark_session
+    from fraudkit.data.split import split_dataset
+    from fraudkit.model.train import train_from_dataset
 
     stage(f"simulating {config.simulate.customers:,} customers over {config.simulate.days} days")
     simulated = simulate_to_file(config.simulate)
@@ -213,8 +213,8 @@ def prepare(config: FraudkitConfig, stage: StageCallback) -> tuple[str, int]:
 
 def replay_then_simulate(config: FraudkitConfig, after_ms: int) -> Iterator[pandas.DataFrame]:
     """The held-out stream part first, then the same simulated world carrying on, day after day."""
-    from fraudkit.datasets import load_frame, load_mapping
-    from fraudkit.simulate import stream_transactions
+    from fraudkit.data.datasets import load_frame, load_mapping
+    from fraudkit.data.simulate import stream_transactions
 
     frame = load_frame(config.data.stream_path, load_mapping("fraudkit"))
     for start in range(0, len(frame), 20_000):
@@ -233,8 +233,8 @@ class _FraudVerdictReader(threading.Thread):
         self.stop = stop
 
     def run(self) -> None:
-        from fraudkit.kafka import make_reader
         from fraudkit.schema import InvalidMessage, decode_json
+        from fraudkit.stream.kafka import make_reader
 
         # A dashboard can wait: few, large fetches spare the broker.
         reader = make_reader(self.config, **{"fetch.wait.max.ms": 200, "fetch.min.bytes": 1_048_576})
@@ -394,9 +394,9 @@ def _detector_main(config_json: str, events: Any, stop: Any) -> None:
 
     # Ctrl-C reaches the whole process group; the parent decides when the detector stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from fraudkit.detect import run_detect
-    from fraudkit.retrain import retrain_extensions
-    from fraudkit.rules_live import rules_extensions
+    from fraudkit.detect.loop import run_detect
+    from fraudkit.retrain.extension import retrain_extensions
+    from fraudkit.rules.live import rules_extensions
 
     config = FraudkitConfig.model_validate_json(config_json)
     try:

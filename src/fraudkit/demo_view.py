@@ -80,7 +80,7 @@ def _figure(value: Any, digits: int = 4) -> str:
 
 def dashboard(state: DemoState) -> RenderableType:
     """The whole live dashboard."""
-    from fraudkit.detect_status import render_panel
+    from fraudkit.detect.status import render_panel
     from fraudkit.generate import status_panel
 
     broker = f"{state.broker_engine} at {state.bootstrap}" if state.bootstrap else "-"

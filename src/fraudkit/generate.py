@@ -16,13 +16,13 @@ import orjson
 
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import BrokerError, DataError
-from fraudkit.ratelimit import Pacer, bounded_wait, make_pacer
 from fraudkit.schema import CANONICAL_COLUMNS, SCHEMA_VERSION, Label
+from fraudkit.stream.ratelimit import Pacer, bounded_wait, make_pacer
 
 if TYPE_CHECKING:
     import pandas
 
-    from fraudkit.kafka import Consumer, Producer
+    from fraudkit.stream.kafka import Consumer, Producer
 
 # Canonical columns (docs/architecture.md); any other column of a frame is a numeric passthrough.
 REQUIRED_COLUMNS = ("transaction_id", "event_time_ms", "amount", "label")
@@ -423,14 +423,14 @@ def open_source(config: FraudkitConfig) -> Iterator[pandas.DataFrame]:
     """The configured source: the endless seeded simulator, or a dataset file replayed in event order."""
     settings = config.generate
     if settings.source == "simulator":
-        from fraudkit.simulate import stream_transactions
+        from fraudkit.data.simulate import stream_transactions
 
         yield from stream_transactions(config.simulate.model_copy(update={"seed": settings.seed}))
         return
     path = settings.replay_path or config.data.stream_path
     if not path.exists():
         raise DataError(f"replay file not found: {path} (set generate.replay_path or --replay)")
-    from fraudkit.datasets import load_frame, load_mapping
+    from fraudkit.data.datasets import load_frame, load_mapping
 
     frame = load_frame(path, load_mapping(config.data.dataset))
     if not frame["event_time_ms"].is_monotonic_increasing:
@@ -694,7 +694,7 @@ class Generator:
 
 def _assign_at_end(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> None:
     """Read the topic from its current end: only verdicts for this run's transactions matter."""
-    from fraudkit.kafka import KafkaException, TopicPartition
+    from fraudkit.stream.kafka import KafkaException, TopicPartition
 
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s)
@@ -720,7 +720,7 @@ def run_generate(
     generate.count, generate.duration_s, the end of a finite source, or when stop_event is set;
     every produced message is flushed before returning.
     """
-    from fraudkit.kafka import ensure_topics, make_consumer, make_producer, wait_for_broker
+    from fraudkit.stream.kafka import ensure_topics, make_consumer, make_producer, wait_for_broker
 
     settings = config.generate
     stop = stop_event or threading.Event()

@@ -21,9 +21,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from fraudkit import kafka
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import BrokerError
+from fraudkit.stream import kafka
 from fraudkit.textsafe import printable
 
 PREVIEW_CHARS = 80

@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_config
-from fraudkit.broker import BrokerManager, free_port, port_in_use, process_start_ticks
 from fraudkit.cli import app
 from fraudkit.config import FraudkitConfig
-from fraudkit.kafka import (
+from fraudkit.stream.broker import BrokerManager, free_port, port_in_use, process_start_ticks
+from fraudkit.stream.kafka import (
     OFFSET_BEGINNING,
     DeliveryTracker,
     TopicPartition,
@@ -66,7 +66,7 @@ def test_broker_start_status_stop(tmp_path: Path, broker_engine: str) -> None:
 
 @pytest.mark.slow
 def test_three_broker_cluster_replicates_and_survives_one_node(tmp_path: Path, broker_engine: str) -> None:
-    from fraudkit.broker import running_cluster
+    from fraudkit.stream.broker import running_cluster
 
     requires_kafka(broker_engine)
     with running_cluster("kafka", brokers=3, timeout_s=120) as cluster:

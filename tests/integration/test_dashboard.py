@@ -17,12 +17,12 @@ from typing import Any
 import orjson
 import pytest
 
-from fraudkit import kafka
 from fraudkit.config import FraudkitConfig
-from fraudkit.dashboard import Dashboard
-from fraudkit.detect import run_detect
+from fraudkit.dashboard.server import Dashboard
+from fraudkit.detect.loop import run_detect
 from fraudkit.generate import run_generate
-from fraudkit.sink import SinkOptions, run_sink
+from fraudkit.storage.sink import SinkOptions, run_sink
+from fraudkit.stream import kafka
 from integration.test_detect import publish_amount_model, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

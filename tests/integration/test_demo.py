@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import fraudkit.demo as demo
-from fraudkit.broker import free_port, port_in_use
 from fraudkit.config import load_config
+from fraudkit.stream.broker import free_port, port_in_use
 
 pytestmark = [pytest.mark.kafka, pytest.mark.spark, pytest.mark.slow]
 

@@ -20,16 +20,16 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from fraudkit import kafka
-from fraudkit.broker import free_port, start_cluster
 from fraudkit.cli import app
 from fraudkit.config import FeaturesConfig, FraudkitConfig
-from fraudkit.detect import DetectSummary, run_detect
-from fraudkit.detect_status import DetectStatus
+from fraudkit.detect.loop import DetectSummary, run_detect
+from fraudkit.detect.status import DetectStatus
 from fraudkit.features import FeatureSpec
-from fraudkit.model import Normalisation
-from fraudkit.registry import Registry
+from fraudkit.model.network import Normalisation
+from fraudkit.model.registry import Registry
 from fraudkit.schema import Label, Transaction, encode
+from fraudkit.stream import kafka
+from fraudkit.stream.broker import free_port, start_cluster
 
 pytestmark = pytest.mark.kafka
 runner = CliRunner()

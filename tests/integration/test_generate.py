@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from fraudkit.cli import app
 from fraudkit.config import FraudkitConfig, config_as_dict
 from fraudkit.generate import run_generate
-from fraudkit.kafka import (
+from fraudkit.stream.kafka import (
     TopicPartition,
     ensure_topics,
     high_watermarks,
@@ -258,7 +258,7 @@ def test_cli_json_summary_from_the_simulator(kafka_config: FraudkitConfig, tmp_p
 
 def test_replay_keeps_event_order(kafka_config: FraudkitConfig, tmp_path: Path) -> None:
     from fraudkit.config import SimulateConfig
-    from fraudkit.simulate import simulate_dataset, write_dataset
+    from fraudkit.data.simulate import simulate_dataset, write_dataset
 
     dataset = simulate_dataset(SimulateConfig(days=1, customers=100, terminals=200, seed=5))
     path = write_dataset(dataset, tmp_path / "stream.parquet", "parquet")
@@ -306,7 +306,7 @@ def test_sigint_stops_the_cli_cleanly_and_loses_nothing(kafka_config: FraudkitCo
 
 
 def _has_messages(config: FraudkitConfig, topic: str) -> bool:
-    from fraudkit.kafka import list_topics
+    from fraudkit.stream.kafka import list_topics
 
     if topic not in list_topics(config):
         return False

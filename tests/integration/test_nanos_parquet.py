@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fraudkit.cli import app
-from fraudkit.datasets import load_mapping, load_spark
+from fraudkit.data.datasets import load_mapping, load_spark
 
 pytestmark = pytest.mark.spark
 runner = CliRunner()

@@ -26,19 +26,19 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fraudkit import kafka
-from fraudkit.broker import free_port
 from fraudkit.config import FeaturesConfig, FraudkitConfig
-from fraudkit.detect import DetectSummary, run_detect
+from fraudkit.detect.loop import DetectSummary, run_detect
 from fraudkit.features import FeatureSpec, OnlineFeatures
-from fraudkit.model import LoadedModel, Normalisation
+from fraudkit.model.network import LoadedModel, Normalisation
+from fraudkit.model.registry import Registry
 from fraudkit.observability.detect_telemetry import DetectTelemetry
 from fraudkit.observability.drift import training_reference
 from fraudkit.observability.logs import EventLog
 from fraudkit.observability.server import ObservabilityServer
-from fraudkit.registry import Registry
-from fraudkit.retrain import MODEL_PUBLISHED, RetrainExtension, announce, control_message
+from fraudkit.retrain.extension import MODEL_PUBLISHED, RetrainExtension, announce, control_message
 from fraudkit.schema import Transaction, encode
+from fraudkit.stream import kafka
+from fraudkit.stream.broker import free_port
 
 pytestmark = pytest.mark.kafka
 

@@ -18,12 +18,20 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from fraudkit import kafka, schema
+from fraudkit import schema
 from fraudkit.cli import app
 from fraudkit.config import FraudkitConfig, config_as_dict
-from fraudkit.database import open_database
-from fraudkit.report import Report, ReportOptions, build_report, render_report, watch_report, write_html
-from fraudkit.sink import SinkOptions, label_row, run_sink, verdict_row
+from fraudkit.storage.database import open_database
+from fraudkit.storage.report import (
+    Report,
+    ReportOptions,
+    build_report,
+    render_report,
+    watch_report,
+    write_html,
+)
+from fraudkit.storage.sink import SinkOptions, label_row, run_sink, verdict_row
+from fraudkit.stream import kafka
 
 runner = CliRunner()
 START_MS = 1_767_571_200_000  # 2026-01-05 00:00 UTC

@@ -19,15 +19,15 @@ import numpy as np
 import orjson
 import pytest
 
-from fraudkit import kafka
 from fraudkit.config import FeaturesConfig, FraudkitConfig
-from fraudkit.detect import DetectSummary, run_detect
+from fraudkit.detect.loop import DetectSummary, run_detect
 from fraudkit.features import FeatureSpec
-from fraudkit.label_buffer import LabelBuffer
-from fraudkit.model import Normalisation
-from fraudkit.registry import Registry
-from fraudkit.retrain import RetrainExtension
+from fraudkit.model.network import Normalisation
+from fraudkit.model.registry import Registry
+from fraudkit.retrain.buffer import LabelBuffer
+from fraudkit.retrain.extension import RetrainExtension
 from fraudkit.schema import Label, Transaction, encode
+from fraudkit.stream import kafka
 
 pytestmark = [pytest.mark.kafka, pytest.mark.spark, pytest.mark.slow]
 

@@ -10,11 +10,11 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from fraudkit import kafka
 from fraudkit.cli import app
 from fraudkit.config import FraudkitConfig
-from fraudkit.detect import DetectSummary, run_detect
-from fraudkit.rules_live import RulesExtension
+from fraudkit.detect.loop import DetectSummary, run_detect
+from fraudkit.rules.live import RulesExtension
+from fraudkit.stream import kafka
 from integration.test_detect import (
     CUTOFF,
     produce_transactions,

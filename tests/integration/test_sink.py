@@ -19,11 +19,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fraudkit import kafka, schema
+from fraudkit import schema
 from fraudkit.cli import app
 from fraudkit.config import FraudkitConfig, config_as_dict
-from fraudkit.database import open_database
-from fraudkit.sink import label_row, verdict_row
+from fraudkit.storage.database import open_database
+from fraudkit.storage.sink import label_row, verdict_row
+from fraudkit.stream import kafka
 
 runner = CliRunner()
 EVENT_MS = 1_770_000_000_000
@@ -389,8 +390,8 @@ def test_sink_dead_letters_poison_rows_postgres(
 @pytest.mark.postgres
 def test_postgres_refuses_a_nul_as_a_data_error_and_keeps_dead_letters(postgres_url: str) -> None:
     """The premise of row isolation: PostgreSQL's refusal of a bad row is not "unavailable" (no retry)."""
-    from fraudkit.database import DatabaseUnavailable
     from fraudkit.errors import DatabaseError
+    from fraudkit.storage.database import DatabaseUnavailable
 
     table = f"fp_{uuid.uuid4().hex[:12]}"
     db = open_database(postgres_url, table, f"{table}_labels", dead_letter_table=f"{table}_dead")

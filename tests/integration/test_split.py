@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from fraudkit.cli import app
 from fraudkit.config import SimulateConfig, SplitConfig
-from fraudkit.datasets import load_frame, load_mapping, load_spark
+from fraudkit.data.datasets import load_frame, load_mapping, load_spark
+from fraudkit.data.simulate import parse_start, simulate_dataset, write_dataset
+from fraudkit.data.split import split_dataset
 from fraudkit.errors import DataError
-from fraudkit.simulate import parse_start, simulate_dataset, write_dataset
-from fraudkit.split import split_dataset
 
 pytestmark = pytest.mark.spark
 runner = CliRunner()

@@ -15,9 +15,10 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from fraudkit import kafka, schema
+from fraudkit import schema
 from fraudkit.cli import app
 from fraudkit.config import FraudkitConfig, config_as_dict
+from fraudkit.stream import kafka
 from fraudkit.tail import TailOptions, run_tail
 
 pytestmark = pytest.mark.kafka

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fraudkit.cli import app
-from fraudkit.registry import Registry
+from fraudkit.model.registry import Registry
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -25,7 +25,7 @@ TRAIN_FLAGS = ["--train-to", "2026-01-16", "--valid-days", "7", "--epochs", "2"]
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """200 customers over 30 days with raised fraud rates, so every window holds fraud."""
     from fraudkit.config import ScenarioRates, SimulateConfig
-    from fraudkit.simulate import simulate_to_file
+    from fraudkit.data.simulate import simulate_to_file
 
     path = tmp_path_factory.mktemp("data") / "transactions.parquet"
     rates = ScenarioRates(
@@ -182,7 +182,7 @@ def test_evaluate_refuses_an_empty_window_and_a_tampered_model(
 def test_evaluate_backtests_a_rule_set_beside_the_model(dataset: Path, trained: Path, tmp_path: Path) -> None:
     import pandas as pd
 
-    from fraudkit.datasets import load_frame, load_mapping
+    from fraudkit.data.datasets import load_frame, load_mapping
 
     rules = tmp_path / "rules.yaml"
     rules.write_text(

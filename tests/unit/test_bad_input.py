@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fraudkit.broker import free_port
 from fraudkit.cli import app
 from fraudkit.config import load_config
-from fraudkit.datasets import load_mapping
+from fraudkit.data.datasets import load_mapping
 from fraudkit.errors import ConfigError
+from fraudkit.stream.broker import free_port
 
 runner = CliRunner()
 

@@ -64,9 +64,9 @@ def test_error_classes_map_to_exit_codes(
 
 
 def test_unreachable_broker_gives_exit_3_quickly() -> None:
-    from fraudkit.broker import free_port
     from fraudkit.config import load_config
-    from fraudkit.kafka import wait_for_broker
+    from fraudkit.stream.broker import free_port
+    from fraudkit.stream.kafka import wait_for_broker
 
     port = free_port()
     config = load_config(None, {"kafka.common.bootstrap.servers": f"127.0.0.1:{port}"}, environ={})

@@ -25,7 +25,7 @@ from fraudkit.generate import (
     status_panel,
     transaction_message,
 )
-from fraudkit.ratelimit import RatePacer, SpeedupPacer, UnlimitedPacer, bounded_wait, make_pacer
+from fraudkit.stream.ratelimit import RatePacer, SpeedupPacer, UnlimitedPacer, bounded_wait, make_pacer
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR_MS = 3_600_000

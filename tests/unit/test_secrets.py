@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fraudkit.broker import free_port
 from fraudkit.cli import app
-from fraudkit.database import parse_url
 from fraudkit.redact import MASK, is_secret_key, mask_secrets, masked
-from fraudkit.report import Report, render_html
+from fraudkit.storage.database import parse_url
+from fraudkit.storage.report import Report, render_html
+from fraudkit.stream.broker import free_port
 
 runner = CliRunner()
 SECRET = "Hunter2Zq"
@@ -153,7 +153,7 @@ def test_any_error_line_is_masked_at_the_cli_boundary(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(("url", "visible"), LEAKY_URLS)
 def test_sink_json_summary_masks_every_url_form(url: str, visible: str) -> None:
     from fraudkit.config import load_config
-    from fraudkit.sink import SinkOptions, SinkRunner
+    from fraudkit.storage.sink import SinkOptions, SinkRunner
 
     config = load_config(None, {"sink.url": url.format(port=5432)}, environ={})
     summary = SinkRunner(config, SinkOptions(), consumer=object()).summary

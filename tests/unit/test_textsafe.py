@@ -45,10 +45,10 @@ def test_printable_and_for_terminal() -> None:
 
 
 def test_report_escapes_country_model_and_ids(tmp_path: Path) -> None:
-    from tests.unit.test_sink import verdict
+    from tests.unit.storage.test_sink import verdict
 
-    from fraudkit.database import open_database
-    from fraudkit.sink import verdict_row
+    from fraudkit.storage.database import open_database
+    from fraudkit.storage.sink import verdict_row
 
     url = f"sqlite:///{tmp_path / 'sink.db'}"
     db = open_database(url, "fraud_predictions", "fraud_labels")
@@ -72,7 +72,7 @@ def test_report_escapes_country_model_and_ids(tmp_path: Path) -> None:
 
 
 def status(**overrides: Any) -> Any:
-    from fraudkit.detect_status import DetectStatus, QualityFigures
+    from fraudkit.detect.status import DetectStatus, QualityFigures
 
     fields: dict[str, Any] = {
         "detector": "d1",
@@ -100,7 +100,7 @@ def status(**overrides: Any) -> Any:
 
 
 def test_detector_panel_escapes_control_topic_fields() -> None:
-    from fraudkit.detect_status import render_panel
+    from fraudkit.detect.status import render_panel
 
     output = render(render_panel(status()))
     assert_escaped(output)
@@ -108,16 +108,16 @@ def test_detector_panel_escapes_control_topic_fields() -> None:
 
 
 def test_detector_log_line_escapes_the_model_version() -> None:
-    from fraudkit.detect_status import format_log_line
+    from fraudkit.detect.status import format_log_line
 
     line = format_log_line(status())
     assert "\x1b" not in line and ESCAPED in line
 
 
 def test_detect_cli_log_and_summary_escape(monkeypatch: pytest.MonkeyPatch) -> None:
-    import fraudkit.detect as detect_module
+    import fraudkit.detect.loop as detect_module
     from fraudkit.cli.app import console, err_console
-    from fraudkit.detect import DetectSummary
+    from fraudkit.detect.loop import DetectSummary
 
     def fake_run_detect(config: Any, **kwargs: Any) -> DetectSummary:
         kwargs["on_log"](f"model {ESCAPES}{MARKUP} (announced by {ESCAPES}) loaded")
@@ -142,10 +142,10 @@ def test_detect_cli_log_and_summary_escape(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_models_list_and_show_escape_manifest_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.unit.test_registry import publish
+    from tests.unit.model.test_registry import publish
 
     from fraudkit.cli.app import console
-    from fraudkit.registry import Registry
+    from fraudkit.model.registry import Registry
 
     publish(Registry(tmp_path), trainer=ESCAPES + MARKUP)
     monkeypatch.setattr(console, "width", 400)
@@ -174,7 +174,7 @@ def test_error_lines_escape_controls(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_demo_tables_escape_message_fields() -> None:
-    from tests.unit.test_sink import verdict
+    from tests.unit.storage.test_sink import verdict
 
     from fraudkit.demo import DemoState
     from fraudkit.demo_view import recent_frauds_table, retrain_table

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from fraudkit.broker import (
+from fraudkit.cli.app import ConfigOption, SetOption, app, console, load
+from fraudkit.stream.broker import (
     KAFKA_VERSION,
     BrokerManager,
     engine_version,
@@ -15,7 +16,6 @@ from fraudkit.broker import (
     resolve_engine,
     run_foreground,
 )
-from fraudkit.cli.app import ConfigOption, SetOption, app, console, load
 
 broker_app = typer.Typer(
     help="Run a local broker: Apache Kafka (KRaft) or the embedded Tansu.", no_args_is_help=True

@@ -22,7 +22,7 @@ def dashboard(
     set_: SetOption = None,
 ) -> None:
     """Serve the live dashboard until Ctrl-C; analysts confirm or reject fraud with dashboard.review_token."""
-    from fraudkit.dashboard import serve_dashboard
+    from fraudkit.dashboard.server import serve_dashboard
     from fraudkit.signals import stop_on_signals
 
     cfg = load(config, set_, dashboard__host=host, dashboard__port=port, sink__url=url)

@@ -54,8 +54,8 @@ def simulate(
     if out is None and settings.format == "csv" and settings.out.suffix == ".parquet":
         settings = settings.model_copy(update={"out": settings.out.with_suffix(".csv")})
 
-    from fraudkit.simulate import simulate_to_file
-    from fraudkit.split import format_ms
+    from fraudkit.data.simulate import simulate_to_file
+    from fraudkit.data.split import format_ms
 
     summary = simulate_to_file(settings)
     table = Table(title=f"simulated {summary.rows:,} transactions", title_justify="left")
@@ -113,7 +113,7 @@ def split(
         split__train_fraction=train_fraction,
     )
 
-    from fraudkit.split import format_ms, run_split
+    from fraudkit.data.split import format_ms, run_split
 
     report = run_split(cfg, at=at, train_fraction=train_fraction)
     table = Table(

@@ -22,8 +22,8 @@ from fraudkit.cli.app import (
 from fraudkit.textsafe import for_terminal, printable
 
 if TYPE_CHECKING:
-    from fraudkit.detect import DetectSummary
-    from fraudkit.detect_status import DetectStatus
+    from fraudkit.detect.loop import DetectSummary
+    from fraudkit.detect.status import DetectStatus
 
 # Quiet mode (containers, pipes): one status line this often.
 LOG_EVERY_S = 5.0
@@ -89,12 +89,12 @@ def detect(
     set_: SetOption = None,
 ) -> None:
     """Score transactions as they arrive: verdicts, fraud/legit branches, dead letters."""
-    from fraudkit.detect import default_instance_id, run_detect
-    from fraudkit.detect_status import format_log_line, render_panel, status_fields
+    from fraudkit.detect.loop import default_instance_id, run_detect
+    from fraudkit.detect.status import format_log_line, render_panel, status_fields
     from fraudkit.observability.detect_telemetry import DetectTelemetry
     from fraudkit.observability.runtime import serving
-    from fraudkit.retrain import retrain_extensions
-    from fraudkit.rules_live import rules_extensions
+    from fraudkit.retrain.extension import retrain_extensions
+    from fraudkit.rules.live import rules_extensions
     from fraudkit.signals import stop_on_signals
 
     cfg = load(

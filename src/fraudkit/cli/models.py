@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from fraudkit.config import FraudkitConfig
-    from fraudkit.evaluate import EvalReport
-    from fraudkit.train import TrainReport
+    from fraudkit.model.evaluate import EvalReport
+    from fraudkit.model.train import TrainReport
 
 models_app = typer.Typer(help="Inspect and switch model versions in the registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -45,14 +45,14 @@ def _number(value: Any, digits: int = 4) -> str:
 
 
 def _print_json(data: Any) -> None:
-    from fraudkit.registry import jsonable
+    from fraudkit.model.registry import jsonable
 
     typer.echo(json.dumps(jsonable(data), allow_nan=False, default=str))
 
 
 def _spark(cfg: FraudkitConfig) -> Any:
     """The Spark session, without Spark's console progress bar (it would garble rich's output)."""
-    from fraudkit.spark import spark_session
+    from fraudkit.data.spark import spark_session
 
     conf = {"spark.ui.showConsoleProgress": "false", **cfg.spark.conf}
     return spark_session(cfg.spark.model_copy(update={"conf": conf}))
@@ -88,7 +88,7 @@ def train(
     set_: SetOption = None,
 ) -> None:
     """Train the MLP on a dataset (Spark features, time-based protocol) and publish it to the registry."""
-    from fraudkit.train import parse_time_ms, train_from_dataset
+    from fraudkit.model.train import parse_time_ms, train_from_dataset
 
     cfg = load(
         config,
@@ -272,9 +272,9 @@ def evaluate(
     set_: SetOption = None,
 ) -> None:
     """Score rows in [--from, --to) with a model, the amount rule, a logistic regression and --rules."""
-    from fraudkit.evaluate import evaluate_model
-    from fraudkit.registry import Registry
-    from fraudkit.train import parse_time_ms
+    from fraudkit.model.evaluate import evaluate_model
+    from fraudkit.model.registry import Registry
+    from fraudkit.model.train import parse_time_ms
 
     cfg = load(
         config,
@@ -295,7 +295,7 @@ def evaluate(
         Registry(cfg.registry.path).show(model)
     rule_set = None
     if rules is not None:
-        from fraudkit.rules import load_rules
+        from fraudkit.rules.language import load_rules
 
         rule_set = load_rules(rules)
     report = evaluate_model(
@@ -322,7 +322,7 @@ def evaluate(
 
 
 def _eval_report_dict(report: EvalReport) -> dict[str, Any]:
-    from fraudkit.train import format_ms
+    from fraudkit.model.train import format_ms
 
     return {
         "data": report.data_path,
@@ -350,7 +350,7 @@ def _eval_report_dict(report: EvalReport) -> dict[str, Any]:
 def _eval_table(report: EvalReport) -> Table:
     from rich.table import Table
 
-    from fraudkit.train import format_ms
+    from fraudkit.model.train import format_ms
 
     title = (
         f"{report.rows:,} transactions ({report.frauds:,} fraud) in "
@@ -391,7 +391,7 @@ def list_models(json_output: JsonOption = False, config: ConfigOption = None, se
 
     from rich.table import Table
 
-    from fraudkit.registry import Registry
+    from fraudkit.model.registry import Registry
 
     cfg = load(config, set_)
     infos = Registry(cfg.registry.path).list()
@@ -426,7 +426,7 @@ def show_model(
     set_: SetOption = None,
 ) -> None:
     """Print a version's verified manifest as JSON."""
-    from fraudkit.registry import Registry
+    from fraudkit.model.registry import Registry
 
     cfg = load(config, set_)
     _print_json(Registry(cfg.registry.path).show(version))
@@ -439,7 +439,7 @@ def promote_model(
     set_: SetOption = None,
 ) -> None:
     """Make a version current (verified first); detectors pick it up on their next check."""
-    from fraudkit.registry import Registry
+    from fraudkit.model.registry import Registry
 
     cfg = load(config, set_)
     registry = Registry(cfg.registry.path)
@@ -451,7 +451,7 @@ def promote_model(
 @models_app.command("rollback")
 def rollback_model(config: ConfigOption = None, set_: SetOption = None) -> None:
     """Point `current` back at the previously current version."""
-    from fraudkit.registry import Registry
+    from fraudkit.model.registry import Registry
 
     cfg = load(config, set_)
     registry = Registry(cfg.registry.path)

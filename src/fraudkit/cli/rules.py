@@ -52,7 +52,7 @@ def validate(
     set_: SetOption = None,
 ) -> None:
     """Parse a rule file and check every name and type; exit 2 naming the rule and position if not."""
-    from fraudkit.rules_live import validate_rules
+    from fraudkit.rules.live import validate_rules
 
     rule_set = validate_rules(load(config, set_), str(file), model)
     data = {"version": rule_set.version, "rules": rule_set.to_dicts(), "source": str(file)}
@@ -71,7 +71,7 @@ def publish(
     set_: SetOption = None,
 ) -> None:
     """Validate a rule file and announce it on the control topic: every detector applies it from its next batch."""
-    from fraudkit.rules_live import publish_rules, validate_rules
+    from fraudkit.rules.live import publish_rules, validate_rules
 
     cfg = load(config, set_)
     message = publish_rules(cfg, validate_rules(cfg, str(file), model))
@@ -85,8 +85,8 @@ def publish(
 def show(json_output: JsonOption = False, config: ConfigOption = None, set_: SetOption = None) -> None:
     """Print the latest rule set published on the control topic (as a rule file)."""
     from fraudkit.errors import ConfigError
-    from fraudkit.rules import rules_from_data
-    from fraudkit.rules_live import latest_published
+    from fraudkit.rules.language import rules_from_data
+    from fraudkit.rules.live import latest_published
 
     cfg = load(config, set_)
     message = latest_published(cfg)

@@ -66,7 +66,7 @@ def sink(
     from fraudkit.observability.pipeline_telemetry import SinkTelemetry
     from fraudkit.observability.runtime import process_instance_id, serving
     from fraudkit.signals import stop_on_signals
-    from fraudkit.sink import SinkOptions, SinkSummary, run_sink
+    from fraudkit.storage.sink import SinkOptions, SinkSummary, run_sink
 
     cfg = load(
         config,
@@ -152,7 +152,7 @@ def report(
     set_: SetOption = None,
 ) -> None:
     """Fraud report from the sink's database: counts over time, precision/recall, top risks, latency."""
-    from fraudkit.report import ReportOptions, build_report, render_report, watch_report, write_html
+    from fraudkit.storage.report import ReportOptions, build_report, render_report, watch_report, write_html
 
     cfg = load(
         config,

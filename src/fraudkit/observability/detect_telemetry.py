@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fraudkit.config import FraudkitConfig
-from fraudkit.detect import DetectContext, DetectExtension
+from fraudkit.detect.loop import DetectContext, DetectExtension
 from fraudkit.observability import prometheus as prom
 from fraudkit.observability.drift import SCORE, DriftMonitor, DriftReport, monitor_for
 from fraudkit.observability.health import Health
 
 if TYPE_CHECKING:
-    from fraudkit.detect import DetectSummary, ModelHolder
-    from fraudkit.detect_status import DetectStatus, LatencyHistogram
+    from fraudkit.detect.loop import DetectSummary, ModelHolder
+    from fraudkit.detect.status import DetectStatus, LatencyHistogram
     from fraudkit.schema import Transaction
 
 MAX_REASONS = 32
@@ -67,7 +67,7 @@ class DetectTelemetry(DetectExtension):
         self._drift_version: str | None = None
         self.registry.register(_DetectCollector(self))
 
-    # -- loop hooks (fraudkit.detect calls these on the loop's thread) ------------------------
+    # -- loop hooks (fraudkit.detect.loop calls these on the loop's thread) ------------------------
 
     def bind(self, summary: DetectSummary, latency: LatencyHistogram, holder: ModelHolder) -> None:
         """The loop's cumulative figures, read at scrape time."""

@@ -12,7 +12,7 @@ from fraudkit.observability.health import Health
 
 if TYPE_CHECKING:
     from fraudkit.generate import GenerateSummary
-    from fraudkit.sink import SinkSummary
+    from fraudkit.storage.sink import SinkSummary
 
 
 class GenerateTelemetry:

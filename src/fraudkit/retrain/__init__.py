@@ -1,0 +1,2 @@
+"""Live retraining: the detector-side extension (extension), the worker process (worker) and the label
+buffer it trains from (buffer)."""

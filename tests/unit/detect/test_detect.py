@@ -1,0 +1,646 @@
+"""The detector's pure parts: decoding, verdicts, latency, live quality, model swaps, and the loop's
+commit-after-delivery ordering against fake Kafka clients."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import orjson
+import pytest
+from rich.console import Console
+
+from fraudkit.config import FeaturesConfig, FraudkitConfig
+from fraudkit.detect.codec import decode_batch, decode_one, encode_verdicts
+from fraudkit.detect.loop import (
+    DetectExtension,
+    DetectOptions,
+    DetectSummary,
+    ModelHolder,
+    _DetectLoop,
+)
+from fraudkit.detect.status import DetectStatus, LatencyHistogram, LiveQuality, format_log_line, render_panel
+from fraudkit.errors import BrokerError, ConfigError, ModelError
+from fraudkit.features import FeatureSpec
+from fraudkit.model.metrics import average_precision
+from fraudkit.model.network import RuleModel
+from fraudkit.schema import InvalidMessage, Transaction, decode_transaction, encode
+from fraudkit.stream import kafka
+
+START_MS = 1_767_225_600_000
+
+
+class AllFields:
+    has_card = True
+    has_terminal = True
+    has_location = True
+    has_country = True
+    passthrough: ClassVar[list[str]] = []
+
+
+def full_spec(**features: Any) -> FeatureSpec:
+    return FeatureSpec.from_config(FeaturesConfig(**features), AllFields())
+
+
+def valid_dict(index: int = 0) -> dict[str, Any]:
+    return Transaction(
+        transaction_id=f"tx-{index}",
+        event_time_ms=START_MS + index,
+        card_id=f"card-{index % 5}",
+        amount=12.5 + index,
+        customer_id="cust-1",
+        terminal_id="term-1",
+        currency="EUR",
+        merchant_category="grocery",
+        country="DE",
+        lat=48.1,
+        lon=11.6,
+        produced_ms=START_MS + 5,
+        extra={"V1": 0.5},
+    ).to_dict()
+
+
+def reference(raw: bytes | None) -> Transaction | str:
+    try:
+        return decode_transaction(raw)
+    except InvalidMessage as exc:
+        return f"invalid: {exc}"
+
+
+def fast(raw: bytes | None) -> Transaction | str:
+    try:
+        return decode_one(raw)
+    except InvalidMessage as exc:
+        return f"invalid: {exc}"
+
+
+ODD_VALUES: list[Any] = [
+    None, True, False, 0, 1, -1, 7, 2**40, 1.5, -3.25, 1e300, 1e7, 1e7 + 1, 95.0, -95, 200, "", "x",
+    "12", [], [1], {}, {"a": 1}, {"a": "b"}, {"a": True}, START_MS, float(START_MS), START_MS * 10,
+]  # fmt: skip
+
+
+def test_fast_decoding_matches_the_schema_validator_on_crafted_variants() -> None:
+    base = valid_dict()
+    cases: list[bytes | None] = [None, b"", b"null", b"[1]", b"not json", b'"text"', encode(base)]
+    for name in [*base, "schema"]:
+        for value in ODD_VALUES:
+            cases.append(orjson.dumps({**base, name: value}))
+        cases.append(orjson.dumps({k: v for k, v in base.items() if k != name}))
+    for raw in cases:
+        assert fast(raw) == reference(raw), raw
+
+
+def test_fast_decoding_matches_the_schema_validator_on_random_mutations() -> None:
+    rng = random.Random(11)
+    names = [*valid_dict(), "schema"]
+    for index in range(3000):
+        data = valid_dict(index)
+        for _ in range(rng.randint(0, 3)):
+            name = rng.choice(names)
+            if rng.random() < 0.2:
+                data.pop(name, None)
+            else:
+                data[name] = rng.choice(ODD_VALUES)
+        raw = orjson.dumps(data)
+        assert fast(raw) == reference(raw), raw
+
+
+def test_decode_batch_keeps_positions_and_reasons() -> None:
+    values = [encode(valid_dict(0)), b"{bad", encode(valid_dict(2)), orjson.dumps({"schema": 2}), None]
+    transactions, good, bad = decode_batch(values)
+    assert good == [0, 2]
+    assert [tx.transaction_id for tx in transactions] == ["tx-0", "tx-2"]
+    assert [index for index, _ in bad] == [1, 3, 4]
+    assert bad[0][1].startswith("not valid JSON")
+    assert bad[1][1] == "schema: unsupported version 2 (expected 1)"
+    assert bad[2][1] == "empty message value"
+
+
+def test_verdicts_carry_every_field() -> None:
+    transactions = [decode_transaction(encode(valid_dict(i))) for i in range(2)]
+    reasons = {1: [{"feature": "amount", "value": 13.5, "contribution": 2.0}]}
+    encoded = encode_verdicts(transactions, [0.1, 0.9], [False, True], reasons, 0.5, "v3", 100, 105, "det-1")
+    legit, fraud = (orjson.loads(raw) for raw in encoded)
+    assert fraud == {
+        "schema": 1,
+        "transaction_id": "tx-1",
+        "card_id": "card-1",
+        "terminal_id": "term-1",
+        "score": 0.9,
+        "decision": "fraud",
+        "threshold": 0.5,
+        "model_version": "v3",
+        "reasons": reasons[1],
+        "event_time_ms": START_MS + 1,
+        "produced_ms": START_MS + 5,
+        "consumed_ms": 100,
+        "verdict_ms": 105,
+        "amount": 13.5,
+        "currency": "EUR",
+        "country": "DE",
+        "merchant_category": "grocery",
+        "detector": "det-1",
+        "rules": [],
+        "review": False,
+        "rules_version": None,
+    }
+    assert legit["decision"] == "legit" and legit["reasons"] == []
+
+
+def test_latency_percentiles_are_exact() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 400, 5001)
+    histogram = LatencyHistogram()
+    for chunk in np.array_split(values, 7):
+        histogram.add(chunk.tolist())
+    for q in (50, 95, 99):
+        assert histogram.percentile(q) == np.percentile(values, q, method="inverted_cdf")
+    summary = histogram.summary()
+    assert summary["max"] == values.max() and histogram.total == 5001
+    histogram.add([-5, 10**9])  # clock skew and absurd values are clamped, not lost
+    assert histogram.total == 5003 and histogram.summary()["max"] == histogram.max_ms
+    assert LatencyHistogram().summary() == {"p50": None, "p95": None, "p99": None, "max": None}
+
+
+def test_live_quality_matches_labels_per_model_version() -> None:
+    quality = LiveQuality(capacity=1000, window=100)
+    scores = [i / 10 for i in range(10)]
+    frauds = [s >= 0.5 for s in scores]
+    quality.remember([f"a{i}" for i in range(10)], scores, frauds, "v1")
+    quality.remember([f"b{i}" for i in range(10)], scores, frauds, "v2")
+    truth = [0, 0, 0, 0, 1, 0, 1, 0, 1, 1]
+    assert quality.observe_many((f"a{i}", y) for i, y in enumerate(truth)) == 10
+    assert quality.observe_many([("b9", 1), ("b0", 0), ("unknown", 1)]) == 2
+    assert quality.unmatched == 1 and not quality.observe("a0", 1)  # each verdict matches once
+    figures = quality.figures()
+    v1 = figures["v1"]
+    assert (v1.labelled, v1.frauds, v1.flagged) == (10, 4, 5)
+    assert v1.precision == pytest.approx(3 / 5) and v1.recall == pytest.approx(3 / 4)
+    assert v1.average_precision == pytest.approx(average_precision(truth, scores))
+    v2 = figures["v2"]
+    assert (v2.labelled, v2.precision, v2.recall, v2.average_precision) == (2, 1.0, 1.0, 1.0)
+
+
+def test_live_quality_memory_and_window_are_bounded() -> None:
+    quality = LiveQuality(capacity=100, window=5)
+    for start in range(0, 1000, 10):
+        ids = [f"t{i}" for i in range(start, start + 10)]
+        quality.remember(ids, [0.9] * 10, [True] * 10, "v1")
+    assert quality.remembered <= 100
+    assert not quality.observe("t0", 1)  # forgotten long ago
+    for i in range(990, 1000):
+        assert quality.observe(f"t{i}", 1)
+    assert quality.figures()["v1"].labelled == 5
+
+
+def test_live_quality_ring_keeps_the_right_score_across_wrap_arounds() -> None:
+    quality = LiveQuality(capacity=10, window=1000)
+    for batch in range(8):  # batches of 4 in a 10-slot ring: the last one wraps around its end
+        ids = [f"t{batch}-{i}" for i in range(4)]
+        quality.remember(ids, [batch + i / 10 for i in range(4)], [i == 3 for i in range(4)], f"v{batch % 2}")
+    assert not quality.observe("t5-3", 0)  # an older generation: forgotten
+    for batch in (6, 7):
+        for i in range(4):
+            assert quality.observe(f"t{batch}-{i}", i % 2)
+    window = {version: list(values) for version, values in quality._windows.items()}
+    assert window == {
+        "v0": [(6.0, False, 0), (6.1, False, 1), (6.2, False, 0), (6.3, True, 1)],
+        "v1": [(7.0, False, 0), (7.1, False, 1), (7.2, False, 0), (7.3, True, 1)],
+    }
+    quality.remember([f"x{i}" for i in range(25)], [float(i) for i in range(25)], [False] * 25, "v3")
+    assert quality.observe("x24", 0) and not quality.observe("x5", 0)  # only the newest 10 are kept
+
+
+def rules(spec: FeatureSpec, threshold: float = 500.0) -> RuleModel:
+    return RuleModel(threshold, spec.names)
+
+
+def test_model_holder_swaps_only_between_batches_and_keeps_state_for_the_same_spec() -> None:
+    spec = full_spec()
+    holder = ModelHolder(rules(spec), spec)
+    features = holder.features
+    replacement = rules(spec, 100.0)
+    holder.offer(replacement)
+    assert holder.model is not replacement  # nothing changes until the loop swaps
+    assert holder.swap() == "rules"
+    assert holder.model is replacement and holder.features is features and holder.swaps == 1
+    assert holder.swap() is None
+    other = full_spec(card_windows_hours=[2.0])
+    holder.offer(rules(other), other)
+    holder.swap()
+    assert holder.features is not features and holder.spec is other
+    with pytest.raises(ModelError, match="feature names do not match"):
+        holder.offer(rules(spec))  # the serving spec is `other` now
+    holder.record_retrain()
+    assert holder.retrains == 1
+
+
+def test_options_reject_non_positive_bounds() -> None:
+    with pytest.raises(ConfigError, match="--until-idle: must be > 0"):
+        DetectOptions(until_idle_s=0).validate()
+    with pytest.raises(ConfigError, match="--max-transactions: must be > 0"):
+        DetectOptions(max_transactions=-1).validate()
+    DetectOptions(duration_s=1, max_transactions=1, until_idle_s=1).validate()
+
+
+def test_summary_dict_and_throughput() -> None:
+    summary = DetectSummary(
+        detector="d", consumed=1000, verdicts=990, fraud=10, dead_letters=10, processing_s=0.5
+    )
+    data = summary.to_dict()
+    assert data["throughput_per_s"] == 2000.0 and data["legit"] == 980
+    for key in ("consumed", "verdicts", "fraud", "dead_letters", "latency_ms", "model_version", "retrains"):
+        assert key in data
+    assert DetectSummary(detector="d").throughput_per_s == 0.0
+
+
+def test_status_renders_as_panel_and_log_line() -> None:
+    quality = LiveQuality()
+    quality.remember(["a", "b"], [0.9, 0.1], [True, False], "v2")
+    quality.observe("a", 1)
+    quality.observe("b", 0)
+    status = DetectStatus(
+        detector="det-1", elapsed_s=12.0, consumed=12345, verdicts=12340, fraud=40, dead_letters=5,
+        rate_per_s=5000.0, lag=17, batch_ms=3.2, latency_ms={"p50": 4.0, "p95": 8.0, "p99": 11.0, "max": 20.0},
+        model_version="v2", model_swaps=1, retrains=2, labels=2, quality=quality.figures(), partitions=[0, 2],
+        cards=300, exactly_once=False,
+    )  # fmt: skip
+    line = format_log_line(status)
+    assert "consumed=12345" in line and "lag=17" in line and "p99=11ms" in line and "model=v2" in line
+    assert "precision=1.000" in line and "retrains=2" in line and "dead_letters=5" in line
+    console = Console(width=120, record=True)
+    console.print(render_panel(status))
+    text = console.export_text()
+    assert "12,345" in text and "v2" in text and "1.000" in text and "at-least-once" in text
+
+
+# -- the loop against fake clients -------------------------------------------------------------
+
+
+class FakeMessage:
+    def __init__(
+        self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None
+    ) -> None:
+        self._topic, self._partition, self._offset, self._value, self._key = (
+            topic,
+            partition,
+            offset,
+            value,
+            key,
+        )
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+
+class Metadata:
+    def __init__(self, topic: str, partitions: int) -> None:
+        self.topics = {topic: type("TopicMetadata", (), {"partitions": dict.fromkeys(range(partitions))})()}
+
+
+class FakeConsumer:
+    """Serves scripted batches; `before_batch[i]` runs inside the consume call that returns batch i."""
+
+    def __init__(self, events: list[tuple[Any, ...]], batches: list[list[FakeMessage]]) -> None:
+        self.events = events
+        self.batches = list(batches)
+        self.served = 0
+        self.just_served = False
+        self.before_batch: dict[int, Callable[[FakeConsumer], None]] = {}
+        self.on_revoke: Any = None
+        self.topic = ""
+        self.producer: FakeProducer | None = None
+
+    def subscribe(self, topics: list[str], on_assign: Any, on_revoke: Any, on_lost: Any) -> None:
+        self.topic = topics[0]
+        self.on_revoke = on_revoke
+        on_assign(self, [kafka.TopicPartition(topics[0], 0), kafka.TopicPartition(topics[0], 1)])
+
+    def consume(self, count: int, timeout: float) -> list[FakeMessage]:
+        # A scripted batch arrives whole on the loop's first-message call; the drain call right
+        # after it finds nothing more already fetched.
+        if timeout == 0 and self.just_served:
+            self.just_served = False
+            return []
+        if not self.batches:
+            return []
+        self.just_served = True
+        if self.served in self.before_batch:
+            self.before_batch[self.served](self)
+        self.served += 1
+        return self.batches.pop(0)
+
+    def commit(self, offsets: list[Any], asynchronous: bool) -> None:
+        # What matters: nothing produced before a commit may still be unacknowledged.
+        assert self.producer is not None and not self.producer.outstanding, "commit before delivery"
+        self.events.append(("commit", {tp.partition: tp.offset for tp in offsets}, asynchronous))
+
+    def list_topics(self, topic: str, timeout: float) -> Metadata:
+        return Metadata(topic, 2)
+
+    def assign(self, partitions: list[Any]) -> None:
+        pass
+
+    def position(self, partitions: list[Any]) -> list[Any]:
+        return partitions
+
+    def get_watermark_offsets(self, partition: Any, cached: bool) -> tuple[int, int]:
+        return (0, 0)
+
+    def consumer_group_metadata(self) -> str:
+        return "group-metadata"
+
+    def close(self) -> None:
+        self.events.append(("close",))
+
+
+class FakeProducer:
+    """Records produce calls; flush, or poll when `acks_on_poll`, 'delivers' them (failing the
+    ones whose topic is in `failing`)."""
+
+    def __init__(self, events: list[tuple[Any, ...]], failing: set[str] | None = None) -> None:
+        self.events = events
+        self.failing = failing or set()
+        self.outstanding: list[tuple[str, Any]] = []
+        self.produced: list[tuple[str, bytes | None, Any, Any]] = []
+        self.acks_on_poll = False
+        self.broker_max_bytes = 10**9
+        self.transaction_failed = False
+
+    def __len__(self) -> int:
+        return len(self.outstanding)
+
+    def produce(
+        self, topic: str, value: bytes | None, key: Any, headers: Any = None, on_delivery: Any = None
+    ) -> None:
+        self.events.append(("produce", topic))
+        self.produced.append((topic, value, key, headers))
+        self.outstanding.append((topic, on_delivery, value, key))
+
+    def _deliver(self) -> int:
+        for topic, callback, value, key in self.outstanding:
+            if topic in self.failing:
+                callback(
+                    FakeError(kafka.KafkaError._TRANSPORT, "broker down"),
+                    FakeMessage(topic, 0, 0, None, None),
+                )
+            elif value is not None and len(value) > self.broker_max_bytes:
+                # What a broker with a smaller message.max.bytes answers.
+                error = FakeError(kafka.KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large")
+                callback(error, FakeMessage(topic, 0, 0, value, key))
+                self.transaction_failed = True
+        delivered = len(self.outstanding)
+        self.outstanding = []
+        return delivered
+
+    def flush(self, timeout: float = 0) -> int:
+        self.events.append(("flush", self._deliver()))
+        return 0
+
+    def poll(self, timeout: float) -> int:
+        if self.acks_on_poll:
+            self.events.append(("acks", self._deliver()))
+        return 0
+
+    def init_transactions(self, timeout: float) -> None:
+        self.events.append(("init_transactions",))
+
+    def begin_transaction(self) -> None:
+        self.events.append(("begin_transaction",))
+
+    def send_offsets_to_transaction(self, offsets: list[Any], metadata: Any, timeout: float) -> None:
+        self.events.append(("send_offsets", {tp.partition: tp.offset for tp in offsets}, metadata))
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.flush()
+        if self.transaction_failed:
+            raise kafka.KafkaException(FakeError(kafka.KafkaError._STATE, "delivery failed", abort=True))
+        self.events.append(("commit_transaction",))
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.outstanding = []
+        self.transaction_failed = False
+        self.events.append(("abort_transaction",))
+
+
+class FakeError:
+    def __init__(self, code: int, text: str, abort: bool = False) -> None:
+        self._code, self._text, self._abort = code, text, abort
+
+    def code(self) -> int:
+        return self._code
+
+    def str(self) -> str:
+        return self._text
+
+    def txn_requires_abort(self) -> bool:
+        return self._abort
+
+    def retriable(self) -> bool:
+        return False
+
+
+def scripted_loop(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    batches: list[list[FakeMessage]],
+    exactly_once: bool = False,
+    failing: set[str] | None = None,
+    extensions: list[DetectExtension] | None = None,
+    max_transactions: int | None = None,
+    detect: dict[str, Any] | None = None,
+) -> tuple[_DetectLoop, FakeConsumer, FakeProducer, list[tuple[Any, ...]]]:
+    """A loop over fake clients, bounded by max_transactions (else by a short idle time)."""
+    config = FraudkitConfig.model_validate(
+        {"registry": {"path": str(tmp_path)}, "detect": {"batch_size": 10, **(detect or {})}}
+    )
+    events: list[tuple[Any, ...]] = []
+    consumer = FakeConsumer(events, batches)
+    labels = FakeConsumer([], [])
+    producer = FakeProducer(events, failing)
+    consumer.producer = producer
+    consumers = iter([consumer, labels])
+    monkeypatch.setattr(kafka, "make_consumer", lambda *args, **kwargs: next(consumers))
+    monkeypatch.setattr(kafka, "make_producer", lambda *args, **kwargs: producer)
+    spec = full_spec()
+    holder = ModelHolder(rules(spec), spec)
+    options = DetectOptions(
+        until_idle_s=None if max_transactions else 0.2,
+        max_transactions=max_transactions,
+        exactly_once=exactly_once,
+        instance_id="fake",
+    )
+    loop = _DetectLoop(config, holder, options, threading.Event(), None, lambda _: None, extensions or [])
+    return loop, consumer, producer, events
+
+
+def batch(partition_offsets: list[tuple[int, int]], amount: float = 10.0) -> list[FakeMessage]:
+    messages = []
+    for partition, offset in partition_offsets:
+        tx = valid_dict(partition * 1000 + offset)
+        tx["amount"] = amount
+        messages.append(FakeMessage("transactions", partition, offset, encode(tx), tx["card_id"].encode()))
+    return messages
+
+
+def test_offsets_are_committed_only_after_the_batch_outputs_are_delivered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = batch([(0, 0), (0, 1), (1, 0)])
+    second = [*batch([(1, 1)], amount=900.0), FakeMessage("transactions", 0, 2, b"{broken", b"k")]
+    third = batch([(0, 3)])
+    loop, _, producer, events = scripted_loop(
+        tmp_path, monkeypatch, [first, second, third], max_transactions=6
+    )
+    summary = loop.run()
+
+    assert (summary.consumed, summary.verdicts, summary.fraud, summary.dead_letters) == (6, 5, 1, 1)
+    # Nothing is acknowledged before the end (acks only on flush): one final, blocking commit
+    # of everything; FakeConsumer.commit checks nothing is outstanding at that moment.
+    commits = [e for e in events if e[0] == "commit"]
+    assert commits == [("commit", {0: 4, 1: 2}, False)]
+    topics = [p[0] for p in producer.produced]
+    assert topics.count(loop.topics.verdicts) == 5 and topics.count(loop.topics.fraud) == 1
+    letter = next(p for p in producer.produced if p[0] == loop.topics.dead_letter)
+    assert letter[1] == b"{broken" and letter[2] == b"k"
+    assert dict(letter[3]) == {
+        "error": letter[3][0][1],
+        "source_topic": "transactions",
+        "source_partition": "0",
+        "source_offset": "2",
+    }
+    assert letter[3][0][1].startswith("not valid JSON")
+
+
+def test_acknowledged_batches_are_committed_without_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = [batch([(0, 0), (1, 0)]), batch([(0, 1)]), batch([(1, 1)])]
+    loop, _, producer, events = scripted_loop(tmp_path, monkeypatch, batches, max_transactions=4)
+    producer.acks_on_poll = True  # acknowledgements arrive while the next batch is scored
+    loop.run()
+    commits = [e for e in events if e[0] == "commit"]
+    # Before batch 2 and 3 are produced, the earlier ones are committed asynchronously (no flush).
+    assert commits[:2] == [("commit", {0: 1, 1: 1}, True), ("commit", {0: 2}, True)]
+    assert commits[-1] == ("commit", {1: 2}, False)
+    first_commit = events.index(commits[0])
+    assert ("flush", 2) not in events[:first_commit]
+    # Every verdict's end-to-end latency was taken once its acknowledgement was seen.
+    assert loop.latency.total == 4 and loop.undelivered == []
+
+
+def test_a_failed_delivery_stops_the_loop_without_committing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop, _, _, events = scripted_loop(tmp_path, monkeypatch, [batch([(0, 0), (0, 1)])], failing={"verdicts"})
+    with pytest.raises(
+        BrokerError, match=r"could not be delivered .*broker down.*offsets were not committed"
+    ):
+        loop.run()
+    assert not [e for e in events if e[0] == "commit"]
+
+
+def test_revocation_commits_the_batch_in_flight_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop, consumer, _, events = scripted_loop(
+        tmp_path, monkeypatch, [batch([(0, 0)]), batch([(1, 0)])], max_transactions=2
+    )
+
+    def revoke(fake: FakeConsumer) -> None:
+        fake.events.append(("revoke",))
+        fake.on_revoke(fake, [kafka.TopicPartition(fake.topic, 0)])
+
+    consumer.before_batch[1] = revoke
+    loop.run()
+    revoked = events.index(("revoke",))
+    assert events[revoked + 1 : revoked + 3] == [("flush", 2), ("commit", {0: 1}, False)]
+    assert events.index(("produce", loop.topics.verdicts), revoked) > revoked + 2
+    assert loop.assigned == {1}
+
+
+def test_exactly_once_puts_outputs_and_offsets_in_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop, _, _, events = scripted_loop(
+        tmp_path, monkeypatch, [batch([(0, 5), (1, 7)])], exactly_once=True, max_transactions=2
+    )
+    loop.run()
+    kinds = [e[0] for e in events]
+    assert kinds[0] == "init_transactions"
+    begin = kinds.index("begin_transaction")
+    assert kinds[begin + 1 : begin + 5] == ["produce"] * 4
+    assert events[begin + 5] == ("send_offsets", {0: 6, 1: 8}, "group-metadata")
+    assert kinds[begin + 6 : begin + 8] == ["flush", "commit_transaction"]
+    assert "commit" not in kinds  # never a plain consumer commit in this mode
+
+
+def test_extensions_see_scored_batches_and_can_swap_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, int, str]] = []
+
+    class Swapper(DetectExtension):
+        def on_start(self, context: Any) -> None:
+            self.holder = context.holder
+
+        def on_batch_scored(self, features: Any, transactions: Any, scores: Any, model_version: str) -> None:
+            seen.append((features.shape[0], len(transactions), model_version))
+            spec = self.holder.spec
+            self.holder.offer(RuleModel(1.0, spec.names))
+
+    loop, _, _, _ = scripted_loop(
+        tmp_path,
+        monkeypatch,
+        [batch([(0, 0), (0, 1)]), batch([(0, 2)])],
+        extensions=[Swapper()],
+        max_transactions=3,
+    )
+    summary = loop.run()
+    assert [s[:2] for s in seen] == [(2, 2), (1, 1)]
+    assert summary.model_swaps >= 1
+    # The second batch was scored by the swapped-in rule (amount 10 > 1): fraud.
+    assert summary.fraud == 1
+
+
+def test_rules_model_needs_no_registry(config: FraudkitConfig) -> None:
+    from fraudkit.detect.loop import load_holder
+
+    holder = load_holder(config, "rules")
+    assert holder.model.version == "rules" and "amount" in holder.spec.names
+    assert holder.features.spec is holder.spec
+
+
+def test_a_missing_model_fails_with_exit_4_before_any_broker_wait(
+    config: FraudkitConfig, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from fraudkit.cli import app
+
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(orjson.dumps(config.model_dump(mode="json")).decode())
+    result = CliRunner().invoke(app, ["detect", "--config", str(config_path), "--json"])
+    assert result.exit_code == 4
+    assert "error: no current model in" in result.stderr
+    assert "waiting for Kafka" not in result.stderr
