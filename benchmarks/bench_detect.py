@@ -47,7 +47,7 @@ from _engines import add_engines_argument, broker_cpu_seconds, chosen_engines, l
 
 from fraudkit.config import FraudkitConfig, SimulateConfig, load_config
 from fraudkit.data.simulate import simulate_dataset
-from fraudkit.detect.loop import run_detect
+from fraudkit.detect import run_detect
 from fraudkit.features import FeatureSpec, OnlineFeatures, frame_to_transactions
 from fraudkit.model.network import LoadedModel, Normalisation, build_mlp, state_to_numpy
 from fraudkit.model.registry import Registry

@@ -22,7 +22,7 @@ import numpy as np
 from bench_detect import SimulatorFields, bench_config, preload, simulated_transactions
 
 from fraudkit.config import FraudkitConfig
-from fraudkit.detect.loop import run_detect
+from fraudkit.detect import run_detect
 from fraudkit.features import FeatureSpec, OnlineFeatures
 from fraudkit.model.network import LoadedModel, Normalisation, build_mlp, state_to_numpy
 from fraudkit.model.registry import Registry
@@ -91,7 +91,7 @@ def hook_cost_per_batch(config: FraudkitConfig, transactions: list[Transaction],
     """Seconds the telemetry's per-batch hooks take on one real batch (features, scores), best of 50."""
     import time
 
-    from fraudkit.detect.loop import load_holder
+    from fraudkit.detect import load_holder
 
     holder = load_holder(config, "current")
     telemetry = DetectTelemetry(config, "hooks")

@@ -19,7 +19,7 @@ from fraudkit.errors import BrokerError, FraudkitError
 if TYPE_CHECKING:
     import pandas
 
-    from fraudkit.detect.loop import DetectSummary
+    from fraudkit.detect import DetectSummary
     from fraudkit.detect.status import DetectStatus
     from fraudkit.generate import GenerateSummary
 
@@ -394,7 +394,7 @@ def _detector_main(config_json: str, events: Any, stop: Any) -> None:
 
     # Ctrl-C reaches the whole process group; the parent decides when the detector stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from fraudkit.detect.loop import run_detect
+    from fraudkit.detect import run_detect
     from fraudkit.retrain.extension import retrain_extensions
     from fraudkit.rules.live import rules_extensions
 

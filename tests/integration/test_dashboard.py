@@ -19,7 +19,7 @@ import pytest
 
 from fraudkit.config import FraudkitConfig
 from fraudkit.dashboard.server import Dashboard
-from fraudkit.detect.loop import run_detect
+from fraudkit.detect import run_detect
 from fraudkit.generate import run_generate
 from fraudkit.storage.sink import SinkOptions, run_sink
 from fraudkit.stream import kafka

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from fraudkit.cli import app
 from fraudkit.config import FeaturesConfig, FraudkitConfig
-from fraudkit.detect.loop import DetectSummary, run_detect
+from fraudkit.detect import DetectSummary, run_detect
 from fraudkit.detect.status import DetectStatus
 from fraudkit.features import FeatureSpec
 from fraudkit.model.network import Normalisation
@@ -387,7 +387,7 @@ def test_json_summary_from_the_cli(detect_config: FraudkitConfig, tmp_path: Path
 def test_bounds_max_transactions(detect_config: FraudkitConfig) -> None:
     produce_transactions(detect_config, [transaction(i) for i in range(500)])
     first = run_detect(detect_config, max_transactions=120, until_idle_s=5)
-    assert first.consumed == 120 and first.stopped_because == "max_transactions"
+    assert first.consumed == 120 and first.stopped_because == "max_messages"
     rest = run_detect(detect_config, until_idle_s=2)
     assert rest.consumed == 380  # committed exactly after the first 120
 

@@ -27,7 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraudkit.config import FeaturesConfig, FraudkitConfig
-from fraudkit.detect.loop import DetectSummary, run_detect
+from fraudkit.detect import DetectSummary, run_detect
 from fraudkit.features import FeatureSpec, OnlineFeatures
 from fraudkit.model.network import LoadedModel, Normalisation
 from fraudkit.model.registry import Registry

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from fraudkit.config import FeaturesConfig, FraudkitConfig
-from fraudkit.detect.loop import DetectSummary, run_detect
+from fraudkit.detect import DetectSummary, run_detect
 from fraudkit.features import FeatureSpec
 from fraudkit.model.network import Normalisation
 from fraudkit.model.registry import Registry

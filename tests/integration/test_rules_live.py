@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from fraudkit.cli import app
 from fraudkit.config import FraudkitConfig
-from fraudkit.detect.loop import DetectSummary, run_detect
+from fraudkit.detect import DetectSummary, run_detect
 from fraudkit.rules.live import RulesExtension
 from fraudkit.stream import kafka
 from integration.test_detect import (

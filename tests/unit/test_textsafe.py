@@ -115,9 +115,9 @@ def test_detector_log_line_escapes_the_model_version() -> None:
 
 
 def test_detect_cli_log_and_summary_escape(monkeypatch: pytest.MonkeyPatch) -> None:
-    import fraudkit.detect.loop as detect_module
+    import fraudkit.detect as detect_module
     from fraudkit.cli.app import console, err_console
-    from fraudkit.detect.loop import DetectSummary
+    from fraudkit.detect import DetectSummary
 
     def fake_run_detect(config: Any, **kwargs: Any) -> DetectSummary:
         kwargs["on_log"](f"model {ESCAPES}{MARKUP} (announced by {ESCAPES}) loaded")

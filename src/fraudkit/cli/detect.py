@@ -22,7 +22,7 @@ from fraudkit.cli.app import (
 from fraudkit.textsafe import for_terminal, printable
 
 if TYPE_CHECKING:
-    from fraudkit.detect.loop import DetectSummary
+    from fraudkit.detect import DetectSummary
     from fraudkit.detect.status import DetectStatus
 
 # Quiet mode (containers, pipes): one status line this often.
@@ -89,7 +89,7 @@ def detect(
     set_: SetOption = None,
 ) -> None:
     """Score transactions as they arrive: verdicts, fraud/legit branches, dead letters."""
-    from fraudkit.detect.loop import default_instance_id, run_detect
+    from fraudkit.detect import default_instance_id, run_detect
     from fraudkit.detect.status import format_log_line, render_panel, status_fields
     from fraudkit.observability.detect_telemetry import DetectTelemetry
     from fraudkit.observability.runtime import serving

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fraudkit.config import FraudkitConfig
-from fraudkit.detect.loop import DetectContext, DetectExtension
+from fraudkit.detect import DetectContext, DetectExtension
 from fraudkit.observability import prometheus as prom
 from fraudkit.observability.drift import SCORE, DriftMonitor, DriftReport, monitor_for
 from fraudkit.observability.health import Health
 
 if TYPE_CHECKING:
-    from fraudkit.detect.loop import DetectSummary, ModelHolder
+    from fraudkit.detect import DetectSummary, ModelHolder
     from fraudkit.detect.status import DetectStatus, LatencyHistogram
     from fraudkit.schema import Transaction
 

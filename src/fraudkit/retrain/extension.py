@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fraudkit.config import FraudkitConfig
-from fraudkit.detect.loop import DetectContext, DetectExtension
+from fraudkit.detect import DetectContext, DetectExtension
 from fraudkit.retrain.buffer import LabelBuffer, LabelledBlock, ScoredRows
 from fraudkit.schema import SCHEMA_VERSION, InvalidMessage, decode_control, encode
 from fraudkit.textsafe import printable
 
 if TYPE_CHECKING:
-    from fraudkit.detect.loop import ModelHolder
+    from fraudkit.detect import ModelHolder
     from fraudkit.features import FeatureSpec
     from fraudkit.schema import Label, Transaction
     from fraudkit.stream.kafka import Consumer, Producer

@@ -35,7 +35,7 @@ from fraudkit.errors import DataError, FraudkitError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from fraudkit.detect.loop import Scorer
+    from fraudkit.detect import Scorer
     from fraudkit.model.train import EpochReport, FitResult
 
 JOB_FILE = "job.json"

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fraudkit.config import FraudkitConfig
-from fraudkit.detect.loop import DetectContext, DetectExtension
+from fraudkit.detect import DetectContext, DetectExtension
 from fraudkit.errors import BrokerError
 from fraudkit.rules.language import (
     CONTROL_KEY,
@@ -31,7 +31,7 @@ from fraudkit.rules.language import (
 from fraudkit.schema import InvalidMessage, decode_json, encode
 
 if TYPE_CHECKING:
-    from fraudkit.detect.loop import ModelHolder
+    from fraudkit.detect import ModelHolder
     from fraudkit.stream.kafka import Consumer
 
 MESSAGES_PER_POLL = 100
@@ -47,7 +47,7 @@ def feature_names_for(config: FraudkitConfig, model: str | None = None) -> list[
         from fraudkit.model.registry import Registry
 
         return list(Registry(config.registry.path).show(model).get("feature_names") or [])
-    from fraudkit.detect.loop import stream_spec
+    from fraudkit.detect import stream_spec
 
     return list(stream_spec(config).names)
 

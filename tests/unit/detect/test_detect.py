@@ -15,14 +15,15 @@ import pytest
 from rich.console import Console
 
 from fraudkit.config import FeaturesConfig, FraudkitConfig
-from fraudkit.detect.codec import decode_batch, decode_one, encode_verdicts
-from fraudkit.detect.loop import (
+from fraudkit.detect import (
     DetectExtension,
     DetectOptions,
+    DetectSettings,
     DetectSummary,
     ModelHolder,
-    _DetectLoop,
 )
+from fraudkit.detect.codec import decode_batch, decode_one, encode_verdicts
+from fraudkit.detect.loop import DetectClients, DetectLoop
 from fraudkit.detect.status import DetectStatus, LatencyHistogram, LiveQuality, format_log_line, render_panel
 from fraudkit.errors import BrokerError, ConfigError, ModelError
 from fraudkit.features import FeatureSpec
@@ -469,7 +470,7 @@ def scripted_loop(
     extensions: list[DetectExtension] | None = None,
     max_transactions: int | None = None,
     detect: dict[str, Any] | None = None,
-) -> tuple[_DetectLoop, FakeConsumer, FakeProducer, list[tuple[Any, ...]]]:
+) -> tuple[DetectLoop, FakeConsumer, FakeProducer, list[tuple[Any, ...]]]:
     """A loop over fake clients, bounded by max_transactions (else by a short idle time)."""
     config = FraudkitConfig.model_validate(
         {"registry": {"path": str(tmp_path)}, "detect": {"batch_size": 10, **(detect or {})}}
@@ -479,9 +480,6 @@ def scripted_loop(
     labels = FakeConsumer([], [])
     producer = FakeProducer(events, failing)
     consumer.producer = producer
-    consumers = iter([consumer, labels])
-    monkeypatch.setattr(kafka, "make_consumer", lambda *args, **kwargs: next(consumers))
-    monkeypatch.setattr(kafka, "make_producer", lambda *args, **kwargs: producer)
     spec = full_spec()
     holder = ModelHolder(rules(spec), spec)
     options = DetectOptions(
@@ -490,7 +488,11 @@ def scripted_loop(
         exactly_once=exactly_once,
         instance_id="fake",
     )
-    loop = _DetectLoop(config, holder, options, threading.Event(), None, lambda _: None, extensions or [])
+    settings = DetectSettings.resolve(config, options)
+    clients = DetectClients(consumer, producer, labels)  # type: ignore[arg-type]
+    loop = DetectLoop(
+        config, settings, holder, clients, threading.Event(), None, lambda _: None, extensions or []
+    )
     return loop, consumer, producer, events
 
 
@@ -546,7 +548,7 @@ def test_acknowledged_batches_are_committed_without_waiting(
     first_commit = events.index(commits[0])
     assert ("flush", 2) not in events[:first_commit]
     # Every verdict's end-to-end latency was taken once its acknowledgement was seen.
-    assert loop.latency.total == 4 and loop.undelivered == []
+    assert loop.latency.total == 4 and loop.committer.undelivered == []  # type: ignore[attr-defined]
 
 
 def test_a_failed_delivery_stops_the_loop_without_committing(
@@ -624,7 +626,7 @@ def test_extensions_see_scored_batches_and_can_swap_the_model(
 
 
 def test_rules_model_needs_no_registry(config: FraudkitConfig) -> None:
-    from fraudkit.detect.loop import load_holder
+    from fraudkit.detect import load_holder
 
     holder = load_holder(config, "rules")
     assert holder.model.version == "rules" and "amount" in holder.spec.names

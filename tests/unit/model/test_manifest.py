@@ -147,7 +147,7 @@ class Announcements:
     def __init__(self, tmp_path: Path) -> None:
         from tests.unit.detect.test_detect import full_spec
 
-        from fraudkit.detect.loop import ModelHolder
+        from fraudkit.detect import ModelHolder
         from fraudkit.model.network import Normalisation
         from fraudkit.retrain.extension import RetrainExtension
 

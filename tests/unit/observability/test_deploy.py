@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fraudkit.cli import app
 from fraudkit.config import FraudkitConfig, load_config
-from fraudkit.detect.loop import DetectSummary
+from fraudkit.detect import DetectSummary
 from fraudkit.detect.status import DetectStatus, LatencyHistogram, QualityFigures
 from fraudkit.observability import prometheus as prom
 from fraudkit.observability.detect_telemetry import DetectTelemetry

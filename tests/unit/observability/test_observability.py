@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraudkit.config import DriftConfig, FraudkitConfig
-from fraudkit.detect.loop import DetectSummary
+from fraudkit.detect import DetectSummary
 from fraudkit.detect.status import DetectStatus, LatencyHistogram, QualityFigures, format_log_line
 from fraudkit.observability import prometheus as prom
 from fraudkit.observability.detect_telemetry import DetectTelemetry, dead_letter_reason

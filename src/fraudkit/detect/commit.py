@@ -1,0 +1,350 @@
+"""Two ways to commit a batch, one protocol (chosen once per run):
+
+* `AckCommitter` (at-least-once, the default): a batch's offsets are committed only after every
+  output of it (branch copy, verdict, dead letter) is acknowledged. Commits never block the loop:
+  before each batch is produced, the offsets of all earlier batches are committed if the producer
+  has nothing outstanding; the loop waits only when too much is unsettled.
+* `TransactionalCommitter` (`--exactly-once`): each batch is one Kafka transaction holding its
+  outputs and its input offsets (read-process-write with the consumer group metadata, KIP-447).
+
+Ack tracking is kept apart from transactions, as Faust keeps consumer acks apart from producer
+transactions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fraudkit.detect.outputs import OutputRouter
+from fraudkit.detect.scoring import ScoredBatch, now_ms
+from fraudkit.detect.settings import DetectSettings
+from fraudkit.errors import BrokerError
+
+if TYPE_CHECKING:
+    from fraudkit.stream.kafka import Consumer, Message, Producer
+
+LatencyCallback = Callable[[list[int], int], None]
+NoteCallback = Callable[[str], None]
+
+# At-least-once commits never wait for acknowledgements while these bounds hold (see settle).
+MAX_UNSETTLED_BATCHES = 20
+MAX_UNSETTLED_S = 1.0
+# While outputs await acknowledgement, the loop alternates between the consumer and the producer's
+# delivery reports in slices this long.
+ACK_POLL_S = 0.001
+# An exactly-once batch whose outputs the broker refuses as too large is aborted and produced
+# again with those messages dead-lettered; this bounds the retries of one batch.
+MAX_REFUSAL_RETRIES = 3
+
+
+class Committer(Protocol):
+    """How a scored batch's outputs and offsets reach Kafka."""
+
+    def start(self) -> None:
+        """Before the first batch."""
+
+    def next_messages(self, limit: int) -> list[Message]:
+        """The next messages (up to limit), serving acknowledgements while outputs are in flight."""
+        ...
+
+    def submit(self, batch: ScoredBatch) -> None:
+        """Produce the batch's outputs; its offsets are committed when they are delivered."""
+
+    def settle(self, block: bool) -> None:
+        """Commit what is delivered (waiting for everything with block=True)."""
+
+    def on_revoke(self) -> None:
+        """Partitions are about to move: settle what is in flight while they are still ours."""
+
+    def on_lost(self) -> None:
+        """Partitions already moved: outputs still go out, offsets cannot be committed."""
+
+    def close(self, failed: bool) -> None:
+        """End of the run: settle (or abort what is open after a failure)."""
+
+
+def _first_then_fetched(consumer: Consumer, first: list[Message], limit: int) -> list[Message]:
+    # Block only for the first message, then take what is already fetched: big batches under
+    # load, no added wait at low rates.
+    if not first or limit <= 1:
+        return first
+    return first + consumer.consume(limit - 1, 0)
+
+
+class AckCommitter:
+    """At-least-once: commit offsets after the outputs' acknowledgements, without blocking the loop."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        router: OutputRouter,
+        settings: DetectSettings,
+        record_latency: LatencyCallback,
+        note: NoteCallback,
+    ) -> None:
+        from fraudkit.stream import kafka
+
+        self.kafka = kafka
+        self.consumer = consumer
+        self.producer = producer
+        self.router = router
+        self.settings = settings
+        self.record_latency = record_latency
+        self.note = note
+        self.pending: dict[int, int] | None = None
+        self.pending_batches = 0
+        self.pending_since = 0.0
+        # produced_ms of the batches whose verdicts are not yet known to be acknowledged: the
+        # end-to-end latency ends when the loop sees the producer queue empty (an upper bound).
+        self.undelivered: list[list[int]] = []
+        # The batches produced but not yet committed (to find a refused output's source).
+        self.unsettled: list[ScoredBatch] = []
+
+    def start(self) -> None:
+        """Nothing to prepare."""
+
+    def next_messages(self, limit: int) -> list[Message]:
+        """The next message, serving delivery reports as they arrive while outputs are in flight.
+
+        Waiting on the consumer alone would leave acknowledgements unread until the next message
+        arrives: commits would lag and the measured latency (which ends at the delivery report)
+        would include that wait.
+        """
+        consumer = self.consumer
+        producer = self.producer
+        deadline = time.monotonic() + self.settings.poll_timeout_s
+        first: list[Message] = []
+        while len(producer) > 0:
+            first = consumer.consume(1, 0)
+            if first:
+                return _first_then_fetched(consumer, first, limit)
+            producer.poll(ACK_POLL_S)  # returns as soon as a delivery report was served
+            if time.monotonic() >= deadline:
+                return []
+        self.settle(block=False)  # commit (and time) what was acknowledged meanwhile
+        first = consumer.consume(1, max(0.0, deadline - time.monotonic()))
+        return _first_then_fetched(consumer, first, limit)
+
+    def submit(self, batch: ScoredBatch) -> None:
+        """Commit what earlier batches got acknowledged, then produce this one's outputs."""
+        self.settle(block=False)
+        self.router.route(batch)
+        self.unsettled.append(batch)
+        self.undelivered.append(batch.produced_ms)
+        if self.pending is None:
+            self.pending = dict(batch.offsets)
+            self.pending_batches = 1
+            self.pending_since = time.monotonic()
+        else:
+            self.pending.update(batch.offsets)
+            self.pending_batches += 1
+
+    def all_delivered(self) -> None:
+        """The producer queue was just seen empty: every verdict produced so far is delivered now."""
+        if self.undelivered:
+            delivered_ms = now_ms()
+            for produced_ms in self.undelivered:
+                self.record_latency(produced_ms, delivered_ms)
+            self.undelivered = []
+
+    def wait_delivered(self) -> None:
+        """Block until every output is acknowledged (dead letters for refused ones included)."""
+        deadline = time.monotonic() + self.settings.delivery_timeout_s
+        while True:
+            remaining = self.producer.flush(0.5)
+            if remaining == 0:
+                self.all_delivered()
+                if not self.router.refused_outputs:
+                    break
+                # Dead letters for what the broker refused, then wait for those too.
+                self.router.dead_letter_refused(self.unsettled)
+                continue
+            if time.monotonic() >= deadline:
+                raise BrokerError(
+                    f"{remaining} output message(s) not acknowledged after "
+                    f"{self.settings.delivery_timeout_s:g}s; offsets were not committed, a restart "
+                    "re-processes the batch"
+                )
+        self.router.check_deliveries()
+
+    def settle(self, block: bool) -> None:
+        """Commit the offsets of the batches produced so far once all their outputs are acknowledged.
+
+        Without `block` this never waits: it commits only if nothing is outstanding right now, so
+        acknowledgements arrive while the next batch is scored. Past MAX_UNSETTLED_BATCHES or
+        MAX_UNSETTLED_S it waits, which bounds what a crash makes the group re-process.
+        """
+        if self.pending is None:
+            return
+        overdue = (
+            self.pending_batches >= MAX_UNSETTLED_BATCHES
+            or time.monotonic() - self.pending_since >= MAX_UNSETTLED_S
+        )
+        if block or overdue:
+            self.wait_delivered()
+        else:
+            self.producer.poll(0)
+            if len(self.producer) > 0:
+                return
+            self.all_delivered()
+            if self.router.refused_outputs:
+                self.router.dead_letter_refused(self.unsettled)
+                return  # committed once those dead letters are acknowledged
+            self.router.check_deliveries()
+        offsets, self.pending = self.pending, None
+        self.pending_batches = 0
+        self.unsettled = []
+        topic = self.settings.topics.transactions
+        partitions = [self.kafka.TopicPartition(topic, p, o) for p, o in offsets.items()]
+        try:
+            if block:
+                self.consumer.commit(offsets=partitions, asynchronous=False)
+            else:
+                self.consumer.commit(offsets=partitions, asynchronous=True)
+        except self.kafka.KafkaException as exc:
+            # A commit refused because of a rebalance only means re-processing (at-least-once).
+            self.note(f"offset commit failed ({exc.args[0].str()}); those transactions may be scored again")
+
+    def on_revoke(self) -> None:
+        """Settle the batches in flight, so the next owner starts exactly after them."""
+        self.settle(block=True)
+
+    def on_lost(self) -> None:
+        """The partitions already belong to someone else: a commit would be refused."""
+        self.producer.flush(self.settings.delivery_timeout_s)
+        self.all_delivered()
+        self.pending = None
+        self.unsettled = []
+
+    def close(self, failed: bool) -> None:
+        """Settle everything on a clean stop; after a failure nothing more is committed."""
+        if not failed:
+            self.settle(block=True)
+
+
+class TransactionalCommitter:
+    """Exactly-once: each batch's outputs and offsets in one Kafka transaction."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        router: OutputRouter,
+        settings: DetectSettings,
+        record_latency: LatencyCallback,
+        log: NoteCallback,
+    ) -> None:
+        from fraudkit.stream import kafka
+
+        self.kafka = kafka
+        self.consumer = consumer
+        self.producer = producer
+        self.router = router
+        self.settings = settings
+        self.record_latency = record_latency
+        self.log = log
+        self.in_transaction = False
+
+    def start(self) -> None:
+        """Initialise transactions (fences a dead predecessor with the same transactional id)."""
+        self._call(
+            "initialise transactions", self.producer.init_transactions, self.settings.delivery_timeout_s
+        )
+
+    def next_messages(self, limit: int) -> list[Message]:
+        """The next messages: nothing is in flight between transactions."""
+        first = self.consumer.consume(1, self.settings.poll_timeout_s)
+        return _first_then_fetched(self.consumer, first, limit)
+
+    def submit(self, batch: ScoredBatch) -> None:
+        """Produce and commit the batch in one transaction (again without refused outputs if needed)."""
+        for attempt in range(MAX_REFUSAL_RETRIES + 1):
+            try:
+                self._transaction(batch)
+                break
+            except self.kafka.KafkaException as exc:
+                error = exc.args[0]
+                if error.txn_requires_abort():
+                    self.abort_quietly()
+                self.in_transaction = False
+                router = self.router
+                refused = router.refused_sources(batch) if router.refused_outputs else {}
+                if refused and error.txn_requires_abort() and attempt < MAX_REFUSAL_RETRIES:
+                    # The broker refused some outputs as too large: the whole transaction was
+                    # aborted; produce it again with those messages dead-lettered instead.
+                    router.summary.dead_letters += len(refused)
+                    batch.refused.update(refused)
+                    router.forget_failures()
+                    continue
+                raise BrokerError(
+                    f"transaction failed ({error.str()}); the batch was aborted and will be re-processed "
+                    "after a restart"
+                ) from None
+        # The verdicts became visible when the transaction committed, just now.
+        self.record_latency(batch.produced_ms, now_ms())
+
+    def _transaction(self, batch: ScoredBatch) -> None:
+        producer = self.producer
+        self._call("begin a transaction", producer.begin_transaction)
+        self.in_transaction = True
+        self.router.route(batch)
+        topic = self.settings.topics.transactions
+        offsets = [self.kafka.TopicPartition(topic, p, o) for p, o in batch.offsets.items()]
+        producer.send_offsets_to_transaction(
+            offsets, self.consumer.consumer_group_metadata(), self.settings.delivery_timeout_s
+        )
+        self._commit()
+        self.in_transaction = False
+        router = self.router
+        if router.delivery_failures:
+            raise BrokerError(
+                f"{router.delivery_failures} output message(s) failed inside a committed transaction: "
+                f"{'; '.join(router.delivery_errors)}"
+            )
+
+    def _commit(self) -> None:
+        deadline = time.monotonic() + self.settings.delivery_timeout_s
+        while True:
+            try:
+                self.producer.commit_transaction(self.settings.delivery_timeout_s)
+                return
+            except self.kafka.KafkaException as exc:
+                error = exc.args[0]
+                if error.retriable() and time.monotonic() < deadline:
+                    continue
+                raise
+
+    def abort_quietly(self) -> None:
+        """Abort the open transaction; a failure to abort is logged, not raised."""
+        try:
+            self.producer.abort_transaction(self.settings.delivery_timeout_s)
+        except self.kafka.KafkaException as exc:
+            self.log(f"aborting the transaction failed too: {exc.args[0].str()}")
+
+    def _call(self, what: str, call: Callable[..., Any], *args: Any) -> None:
+        try:
+            call(*args)
+        except self.kafka.KafkaException as exc:
+            error = exc.args[0]
+            hint = ""
+            if error.code() == self.kafka.KafkaError._FENCED:
+                hint = "; another detector uses the same transactional id: give each its own --instance-id"
+            raise BrokerError(f"cannot {what}: {error.str()}{hint}") from None
+
+    def settle(self, block: bool) -> None:
+        """Nothing to settle: each batch committed with its transaction."""
+
+    def on_revoke(self) -> None:
+        """Nothing in flight between transactions."""
+
+    def on_lost(self) -> None:
+        """Outputs of committed transactions are delivered; wait for them."""
+        self.producer.flush(self.settings.delivery_timeout_s)
+
+    def close(self, failed: bool) -> None:
+        """Abort a transaction left open by a failure."""
+        if self.in_transaction:
+            self.abort_quietly()
