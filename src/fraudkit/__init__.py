@@ -42,7 +42,34 @@ _EXPORTS = {
     "running_broker": "fraudkit.stream.broker",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "DataError",
+    "DatabaseError",
+    "DetectExtension",
+    "DetectSummary",
+    "FeatureSpec",
+    "FraudkitConfig",
+    "FraudkitError",
+    "Label",
+    "LoadedModel",
+    "ModelError",
+    "ModelHolder",
+    "OnlineFeatures",
+    "Registry",
+    "RuleSet",
+    "Transaction",
+    "__version__",
+    "load_config",
+    "load_mapping",
+    "run_detect",
+    "run_generate",
+    "run_sink",
+    "running_broker",
+    "simulate_dataset",
+    "spark_features",
+]
 
 if TYPE_CHECKING:
     from fraudkit.config import FraudkitConfig, load_config
