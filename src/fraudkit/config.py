@@ -36,6 +36,7 @@ class KafkaConfig(Section):
     producer: dict[str, KafkaValue] = Field(default_factory=dict)
     consumer: dict[str, KafkaValue] = Field(default_factory=dict)
     connect_timeout_s: float = Field(30.0, gt=0)
+    close_timeout_s: float = Field(10.0, gt=0)
 
     @property
     def bootstrap_servers(self) -> str:

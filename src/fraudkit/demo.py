@@ -233,7 +233,7 @@ class _FraudVerdictReader(threading.Thread):
         self.stop = stop
 
     def run(self) -> None:
-        from fraudkit.kafka import make_reader
+        from fraudkit.kafka import close_within, make_reader
         from fraudkit.schema import InvalidMessage, decode_json
 
         # A dashboard can wait: few, large fetches spare the broker.
@@ -251,7 +251,7 @@ class _FraudVerdictReader(threading.Thread):
                     if verdict.get("decision") == "fraud":
                         self.state.recent_frauds.appendleft(verdict)
         finally:
-            reader.close()
+            close_within(reader, self.config.kafka.close_timeout_s, "dashboard reader")
 
 
 def run_demo(

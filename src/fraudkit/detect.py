@@ -15,7 +15,6 @@ installed by `ModelHolder.swap()` between batches, never during one.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import re
@@ -439,10 +438,18 @@ class _DetectLoop:
         self.max_event_ms: int | None = None
         self.notes: list[str] = []
         self.delivery_timeout_s = max(30.0, config.kafka.connect_timeout_s)
+        # Every client reports to one watch: a lost cluster ends the loop after kafka.connect_timeout_s.
+        self.watch = kafka.BrokerWatch(config)
+        self.outage_logged = False
         self.consumer: Consumer = kafka.make_consumer(
-            config, self.detect.group_id, **{"client.id": f"fraudkit-detect-{self.instance_id}"}
+            config,
+            self.detect.group_id,
+            error_cb=self.watch.on_error,
+            **{"client.id": f"fraudkit-detect-{self.instance_id}"},
         )
-        self.producer: Producer = kafka.make_producer(config, **self._producer_settings())
+        self.producer: Producer = kafka.make_producer(
+            config, error_cb=self.watch.on_error, **self._producer_settings()
+        )
         self.labels_consumer: Consumer | None = None
         self.in_transaction = False
         self.closing = False
@@ -470,13 +477,14 @@ class _DetectLoop:
         consumer = kafka.make_consumer(
             self.config,
             f"{self.detect.group_id}-labels",
+            error_cb=self.watch.on_error,
             **{"fetch.wait.max.ms": 200, "fetch.min.bytes": 1_048_576},
         )
         topic = self.topics.labels
         try:
             metadata = consumer.list_topics(topic, timeout=10)
         except kafka.KafkaException as exc:
-            consumer.close()
+            kafka.close_within(consumer, self.config.kafka.close_timeout_s, "labels consumer", self.log)
             raise BrokerError(f"cannot read metadata of topic {topic!r}: {exc}") from None
         partitions = sorted(metadata.topics[topic].partitions) if topic in metadata.topics else []
         start = kafka.OFFSET_BEGINNING if self.options.labels_from_beginning else kafka.OFFSET_END
@@ -540,6 +548,7 @@ class _DetectLoop:
                 if options.until_idle_s is not None and self._idle_s(now) >= options.until_idle_s:
                     reason = "idle"
                     break
+                self._check_broker()
                 for extension in self.extensions:
                     extension.between_batches()
                 swapped = self.holder.swap()
@@ -575,22 +584,44 @@ class _DetectLoop:
         return self.summary
 
     def _close(self, failed: bool) -> None:
+        """Settle, commit and close within kafka.close_timeout_s, whatever state the broker is in."""
+        kafka = self.kafka
+        close_by = time.monotonic() + self.config.kafka.close_timeout_s
+
+        def left() -> float:
+            return close_by - time.monotonic()
+
         try:
             if self.in_transaction:
-                self._abort_quietly()
+                self._abort_quietly(max(kafka.MIN_CLOSE_S, left()))
             elif not failed:
-                self._settle(block=True)
+                self._settle(block=True, close_by=close_by)
         finally:
             self.closing = True
-            # Closing after a broker failure must not mask that failure.
-            with contextlib.suppress(Exception):
-                self.consumer.close()
+            # What is not committed by now stays uncommitted (re-read after a restart): a revoke
+            # during close must not wait for it again. Closing must not mask the run's own error.
+            self.pending = None
+            kafka.close_within(self.consumer, left(), "detector's consumer", self.log)
             if self.labels_consumer is not None:
-                with contextlib.suppress(Exception):
-                    self.labels_consumer.close()
-            self.producer.flush(5.0 if failed else self.delivery_timeout_s)
+                kafka.close_within(self.labels_consumer, left(), "labels consumer", self.log)
+            kafka.close_producer(self.producer, left(), "detector's producer", self.log)
             for extension in self.extensions:
                 extension.on_stop()
+
+    def _check_broker(self) -> None:
+        """Raise BrokerError once no broker has answered for kafka.connect_timeout_s; say so when it starts."""
+        down = self.watch.check()
+        if down is None:
+            if self.outage_logged:
+                self._note(f"Kafka at {self.watch.servers} answers again")
+                self.outage_logged = False
+            return
+        if not self.outage_logged:
+            self.outage_logged = True
+            self._note(
+                f"no broker of {self.watch.servers} answers; waiting, giving up in "
+                f"{max(0.0, self.watch.timeout_s - down):.0f}s"
+            )
 
     def _consume(self, limit: int) -> list[Message]:
         # Block only for the first message, then take what is already fetched: big batches under
@@ -806,19 +837,31 @@ class _DetectLoop:
 
     # -- delivery, commits and transactions ---------------------------------------------------
 
-    def _wait_delivered(self) -> None:
+    def _wait_delivered(self, close_by: float | None = None) -> bool:
+        """Wait until every output is acknowledged (True); False if a stop came first (outside close)."""
         deadline = time.monotonic() + self.delivery_timeout_s
+        if close_by is not None:
+            deadline = min(deadline, close_by)
         while True:
             remaining = self.producer.flush(0.5)
             if remaining == 0:
                 self._all_delivered()
                 break
+            self.watch.check()  # a lost cluster fails sooner than the delivery timeout
+            if close_by is None and self.stop.is_set():
+                return False  # _close settles what it can within kafka.close_timeout_s
             if time.monotonic() >= deadline:
+                within = (
+                    f"within kafka.close_timeout_s={self.config.kafka.close_timeout_s:g}s while stopping"
+                    if close_by is not None
+                    else f"after {self.delivery_timeout_s:g}s"
+                )
                 raise BrokerError(
-                    f"{remaining} output message(s) not acknowledged after {self.delivery_timeout_s:g}s; "
+                    f"{remaining} output message(s) not acknowledged {within}; "
                     "offsets were not committed, a restart re-processes the batch"
                 )
         self._check_deliveries()
+        return True
 
     def _check_deliveries(self) -> None:
         if self.delivery_failures:
@@ -827,7 +870,7 @@ class _DetectLoop:
                 f"({'; '.join(self.delivery_errors)}); offsets were not committed"
             )
 
-    def _settle(self, block: bool) -> None:
+    def _settle(self, block: bool, close_by: float | None = None) -> None:
         """Commit the offsets of the batches produced so far once all their outputs are acknowledged.
 
         Without `block` this never waits: it commits only if nothing is outstanding right now, so
@@ -841,7 +884,8 @@ class _DetectLoop:
             or time.monotonic() - self.pending_since >= MAX_UNSETTLED_S
         )
         if block or overdue:
-            self._wait_delivered()
+            if not self._wait_delivered(close_by):
+                return
         else:
             self.producer.poll(0)
             if len(self.producer) > 0:
@@ -854,7 +898,8 @@ class _DetectLoop:
         partitions = [self.kafka.TopicPartition(topic, p, o) for p, o in offsets.items()]
         try:
             if block:
-                self.consumer.commit(offsets=partitions, asynchronous=False)
+                commit_s = self.delivery_timeout_s if close_by is None else close_by - time.monotonic()
+                self.kafka.commit_within(self.consumer, partitions, commit_s)
             else:
                 self.consumer.commit(offsets=partitions, asynchronous=True)
         except self.kafka.KafkaException as exc:
@@ -901,9 +946,9 @@ class _DetectLoop:
                     continue
                 raise
 
-    def _abort_quietly(self) -> None:
+    def _abort_quietly(self, timeout_s: float | None = None) -> None:
         try:
-            self.producer.abort_transaction(self.delivery_timeout_s)
+            self.producer.abort_transaction(self.delivery_timeout_s if timeout_s is None else timeout_s)
         except self.kafka.KafkaException as exc:
             self.log(f"aborting the transaction failed too: {exc.args[0].str()}")
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, console, load, stdout_is_terminal
+from fraudkit.cli.app import ConfigOption, SetOption, app, console, err_console, load, stdout_is_terminal
 from fraudkit.errors import ConfigError
 
 
@@ -96,6 +96,9 @@ def generate(
     if max_rate:
         cfg.generate.rate = None
 
+    def log(message: str) -> None:
+        err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
     live_panel = not json_output and stdout_is_terminal()
     with stop_on_signals() as stop:
         if live_panel:
@@ -103,9 +106,11 @@ def generate(
 
             first = GenerateSummary(read_verdicts=cfg.generate.read_verdicts, target_rate=cfg.generate.rate)
             with Live(status_panel(first), console=console, refresh_per_second=4, transient=True) as live:
-                summary = run_generate(cfg, stop, on_status=lambda status: live.update(status_panel(status)))
+                summary = run_generate(
+                    cfg, stop, on_status=lambda status: live.update(status_panel(status)), on_log=log
+                )
         else:
-            summary = run_generate(cfg, stop)
+            summary = run_generate(cfg, stop, on_log=log)
     if json_output:
         import orjson
 
