@@ -587,6 +587,9 @@ class _DetectLoop:
         """Settle, commit and close within kafka.close_timeout_s, whatever state the broker is in."""
         kafka = self.kafka
         close_by = time.monotonic() + self.config.kafka.close_timeout_s
+        if failed and self.watch.lost:
+            # Nothing can be committed or acknowledged without a broker: do not wait for one.
+            close_by = time.monotonic()
 
         def left() -> float:
             return close_by - time.monotonic()
@@ -857,7 +860,7 @@ class _DetectLoop:
                     else f"after {self.delivery_timeout_s:g}s"
                 )
                 raise BrokerError(
-                    f"{remaining} output message(s) not acknowledged {within}; "
+                    f"{remaining:,} output message(s) not acknowledged {within}; "
                     "offsets were not committed, a restart re-processes the batch"
                 )
         self._check_deliveries()

@@ -491,6 +491,8 @@ class Generator:
         self.next_status = 0.0
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque()
         self.watch = watch
+        self.servers = config.kafka.bootstrap_servers
+        self.close_timeout_s = config.kafka.close_timeout_s
         self.log = on_log or (lambda _message: None)
         self.next_outage_log = 0.0
         self.in_outage = False
@@ -673,7 +675,9 @@ class Generator:
         self._emit_status()
         if self.settings.flush_labels:
             self._publish_labels(self.labels.drain())
-        deadline = self.clock() + FLUSH_TIMEOUT_S
+        # A stop request (SIGTERM) bounds the flush by kafka.close_timeout_s: the process must leave.
+        flush_s = min(FLUSH_TIMEOUT_S, self.close_timeout_s) if self.stop.is_set() else FLUSH_TIMEOUT_S
+        deadline = self.clock() + flush_s
         while True:
             remaining = self.producer.flush(FLUSH_SLICE_S)
             now = self.clock()
@@ -682,7 +686,14 @@ class Generator:
             self._check_broker(now)
             self._maybe_status(now)
         if remaining:
-            raise BrokerError(f"{remaining} message(s) still undelivered after {FLUSH_TIMEOUT_S:g}s")
+            raise BrokerError(
+                f"{remaining:,} message(s) still undelivered to {self.servers} after {flush_s:g}s"
+                + (
+                    "; stopped while Kafka was unreachable"
+                    if self.watch is not None and self.watch.lost
+                    else ""
+                )
+            )
         if self.failed:
             raise BrokerError(f"{self.failed} message(s) were not delivered: {'; '.join(self.errors)}")
 

@@ -476,10 +476,9 @@ def close_within(
 
     threading.Thread(target=close, name=f"fraudkit-close-{what}", daemon=True).start()
     report = warn or KAFKA_LOGGER.warning
-    if not finished.wait(max(MIN_CLOSE_S, deadline_s)):
-        report(
-            f"closing the {what} took over {max(MIN_CLOSE_S, deadline_s):g}s (is Kafka reachable?); abandoned it"
-        )
+    deadline_s = max(MIN_CLOSE_S, deadline_s)
+    if not finished.wait(deadline_s):
+        report(f"closing the {what} took over {deadline_s:.1f}s (is Kafka reachable?); abandoned it")
         return False
     if failure:
         report(f"closing the {what} failed: {failure[0]}")
@@ -504,10 +503,9 @@ def commit_within(consumer: Any, offsets: list[TopicPartition], deadline_s: floa
             finished.set()
 
     threading.Thread(target=commit, name="fraudkit-commit", daemon=True).start()
-    if not finished.wait(max(MIN_CLOSE_S, deadline_s)):
-        raise BrokerError(
-            f"committing offsets took over {max(MIN_CLOSE_S, deadline_s):g}s; they stay uncommitted"
-        )
+    deadline_s = max(MIN_CLOSE_S, deadline_s)
+    if not finished.wait(deadline_s):
+        raise BrokerError(f"committing offsets took over {deadline_s:.1f}s; they stay uncommitted")
     if failure:
         raise failure[0]
 
@@ -520,11 +518,11 @@ def close_producer(
     Dropping them keeps the producer's destruction from waiting on a broker that is gone; callers
     have not committed the inputs of those messages, so nothing is lost for good.
     """
-    remaining = int(producer.flush(max(MIN_CLOSE_S, deadline_s)))
+    deadline_s = max(MIN_CLOSE_S, deadline_s)
+    remaining = int(producer.flush(deadline_s))
     if remaining:
         (warn or KAFKA_LOGGER.warning)(
-            f"the {what} still held {remaining:,} undelivered message(s) after {max(MIN_CLOSE_S, deadline_s):g}s; "
-            "dropped them"
+            f"the {what} still held {remaining:,} undelivered message(s) after {deadline_s:.1f}s; dropped them"
         )
         with contextlib.suppress(KafkaException, RuntimeError, NotImplementedError):
             producer.purge(in_queue=True, in_flight=True, blocking=False)

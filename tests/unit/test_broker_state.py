@@ -48,7 +48,9 @@ def record(**changes: Any) -> dict[str, Any]:
         ({"started_at": "yesterday"}, "started_at"),
     ],
 )
-def test_a_state_file_with_a_bad_field_is_refused(tmp_path: Path, changes: dict[str, Any], field: str) -> None:
+def test_a_state_file_with_a_bad_field_is_refused(
+    tmp_path: Path, changes: dict[str, Any], field: str
+) -> None:
     (tmp_path / "broker.json").write_text(json.dumps(record(**changes)))
     with pytest.raises(BrokerError, match=rf"bad {field}\); refusing to signal anything"):
         BrokerManager(tmp_path).read_state()
