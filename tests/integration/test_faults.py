@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from tests.integration.test_detect import (
     detector_process,
     publish_amount_model,
     read_topic,
+    transaction,
     verdicts_by_id,
     wait_for,
     write_config_file,
@@ -31,6 +33,7 @@ from conftest import make_config
 from fraudkit import kafka
 from fraudkit.broker import RunningBroker, start_cluster
 from fraudkit.config import FraudkitConfig
+from fraudkit.schema import encode
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -191,3 +194,80 @@ def test_sigterm_during_an_outage_ends_detect_and_generate_within_the_close_dead
         assert "undelivered to" in generator_err and "stopped while Kafka was unreachable" in generator_err
         assert f"waiting for Kafka at {broker.bootstrap_servers}: " in generator_err
         assert "Traceback" not in generator_err
+
+
+def test_three_brokers_exactly_once_survives_a_stopped_node_without_loss_or_duplicates(
+    tmp_path: Path, broker_engine: str
+) -> None:
+    from fraudkit.broker import running_cluster
+
+    if broker_engine != "kafka":
+        pytest.skip("a three-node cluster needs Apache Kafka")
+    total, rate = 6000, 500.0
+    with running_cluster("kafka", brokers=3, timeout_s=180) as cluster:
+        config = make_config(
+            tmp_path,
+            {
+                "kafka.common.bootstrap.servers": cluster.bootstrap_servers,
+                "kafka.connect_timeout_s": 30,
+                "topics.replication_factor": 3,
+            },
+        )
+        publish_amount_model(config)
+        kafka.ensure_topics(config)
+        config_path = write_config_file(config, tmp_path / "config.yaml")
+        detector = detector_process(config_path, "--exactly-once", "--instance-id", "eos-3")
+        produced: list[str] = []
+        try:
+            # An idempotent feeder: a retried produce during the failover must not duplicate an input.
+            producer = kafka.make_producer(config, **{"enable.idempotence": True})
+            started = time.monotonic()
+            stopped_at = restarted_at = None
+
+            def rejoin() -> None:
+                nonlocal restarted_at
+                cluster.start_node(1, timeout_s=120)
+                restarted_at = time.monotonic() - started
+
+            restart = threading.Thread(target=rejoin)
+            for index in range(total):
+                delay = started + index / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                tx = transaction(index)
+                kafka.produce(producer, config.topics.transactions, encode(tx), key=tx.card_id)
+                producer.poll(0)
+                produced.append(tx.transaction_id)
+                if index == total // 4:
+                    cluster.stop_node(1, kill=True)  # a third of the way: mid-stream
+                    stopped_at = time.monotonic() - started
+                elif index == total // 2:
+                    assert detector.poll() is None, detector.communicate()[1]
+                    # Restarted beside the stream (a node takes seconds to rejoin): producing goes on.
+                    restart.start()
+            kafka.flush(producer, 60)
+            fed_s = time.monotonic() - started
+            restart.join(150)
+            assert restarted_at is not None, "node 2 did not come back"
+            wait_for(
+                lambda: len(verdicts_by_id(config, "read_committed")) >= total,
+                120,
+                "a verdict for every input",
+            )
+            assert detector.poll() is None, "the detector exited during the failover"
+            detector.send_signal(signal.SIGTERM)
+            code, err, _ = finish(detector, 60)
+        finally:
+            stop_all(detector)
+        assert code == 0, err
+        print(f"node 2 stopped at {stopped_at:.1f}s, back at {restarted_at:.1f}s; feeding took {fed_s:.1f}s")
+        verdicts = verdicts_by_id(config, "read_committed")
+        assert set(verdicts) == set(produced)
+        assert max(verdicts.values()) == 1, f"{sum(c - 1 for c in verdicts.values())} duplicated verdicts"
+        for branch in (config.topics.fraud, config.topics.legit):
+            ids = [
+                orjson.loads(m.value())["transaction_id"]
+                for m in read_topic(config, branch, "read_committed")
+            ]
+            assert len(ids) == len(set(ids)), f"duplicates on {branch}"
+        assert len(produced) == total
