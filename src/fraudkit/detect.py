@@ -978,8 +978,9 @@ class _DetectLoop:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Settle the batches in flight while these partitions are still ours, so the next owner
-        # starts exactly after them.
-        self._settle(block=True)
+        # starts exactly after them (when closing, _close has settled what it could).
+        if not self.closing:
+            self._settle(block=True)
         self.assigned.difference_update(p.partition for p in partitions)
         self.last_activity = time.monotonic()
         if not self.closing:
@@ -987,13 +988,16 @@ class _DetectLoop:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The partitions already belong to someone else: a commit would be refused. The outputs
-        # still go out; the new owner re-processes from the last commit (at-least-once).
-        self.producer.flush(self.delivery_timeout_s)
-        self._all_delivered()
+        # still go out; the new owner re-processes from the last commit (at-least-once). While
+        # closing (possibly in an abandoned close thread) _close has flushed what it could.
+        if not self.closing:
+            self.producer.flush(self.delivery_timeout_s)
+            self._all_delivered()
         self.pending = None
         self.assigned.difference_update(p.partition for p in partitions)
         self.last_activity = time.monotonic()
-        self._note(f"lost partitions {sorted(p.partition for p in partitions)} (session timed out)")
+        if not self.closing:
+            self._note(f"lost partitions {sorted(p.partition for p in partitions)} (session timed out)")
 
     def _note(self, message: str) -> None:
         """Log a message and keep it for the status panel."""

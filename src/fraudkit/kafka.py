@@ -37,6 +37,7 @@ __all__ = [
     "Message",
     "Producer",
     "TopicPartition",
+    "abandoned_clients",
     "all_topic_names",
     "close_producer",
     "close_within",
@@ -363,6 +364,8 @@ PROBE_EVERY_S = 1.0
 PROBE_TIMEOUT_S = 1.0
 # Each client still gets this long when an earlier step of a shutdown used up the whole budget.
 MIN_CLOSE_S = 0.5
+# Clients whose close was abandoned: kept referenced, since destroying one repeats the blocking close.
+_ABANDONED: list[Any] = []
 
 
 class BrokerWatch:
@@ -478,12 +481,18 @@ def close_within(
     report = warn or KAFKA_LOGGER.warning
     deadline_s = max(MIN_CLOSE_S, deadline_s)
     if not finished.wait(deadline_s):
+        _ABANDONED.append(client)
         report(f"closing the {what} took over {deadline_s:.1f}s (is Kafka reachable?); abandoned it")
         return False
     if failure:
         report(f"closing the {what} failed: {failure[0]}")
         return False
     return True
+
+
+def abandoned_clients() -> int:
+    """How many clients' close was abandoned in this process (the CLI then exits without clean-up)."""
+    return len(_ABANDONED)
 
 
 def commit_within(consumer: Any, offsets: list[TopicPartition], deadline_s: float) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -197,3 +200,23 @@ def test_generator_says_what_it_waits_for_and_gives_up_after_the_timeout(config:
     assert "messages queued, retrying (no broker answered for " in waiting[-1]
     queued = [int(line.split(": ")[1].split(" ")[0].replace(",", "")) for line in waiting]
     assert queued == sorted(queued) and queued[-1] > queued[0] > 0
+
+
+@pytest.mark.parametrize("abandoned", [False, True])
+def test_the_cli_skips_interpreter_clean_up_only_after_an_abandoned_close(abandoned: bool) -> None:
+    # Destroying a client whose close was abandoned repeats the blocking close: the process must not.
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('clean-up ran', flush=True))\n"
+        "from fraudkit import kafka\n"
+        f"if {abandoned}: kafka._ABANDONED.append(object())\n"
+        "sys.argv = ['fraudkit', '--version']\n"
+        "from fraudkit.cli import main\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=os.environ.copy()
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("fraudkit ")
+    assert ("clean-up ran" in result.stdout) is (not abandoned)
