@@ -52,6 +52,7 @@ class KafkaConfig(Section):
     producer: dict[str, KafkaValue] = Field(default_factory=dict)
     consumer: dict[str, KafkaValue] = Field(default_factory=dict)
     connect_timeout_s: float = Field(30.0, gt=0, le=MAX_WAIT_S)
+    close_timeout_s: float = Field(10.0, gt=0, le=MAX_WAIT_S)
 
     @property
     def bootstrap_servers(self) -> str:

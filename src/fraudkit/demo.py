@@ -234,7 +234,7 @@ class _FraudVerdictReader(threading.Thread):
 
     def run(self) -> None:
         from fraudkit.schema import InvalidMessage, decode_json
-        from fraudkit.stream.kafka import make_reader
+        from fraudkit.stream.kafka import close_within, make_reader
 
         # A dashboard can wait: few, large fetches spare the broker.
         reader = make_reader(self.config, **{"fetch.wait.max.ms": 200, "fetch.min.bytes": 1_048_576})
@@ -251,7 +251,7 @@ class _FraudVerdictReader(threading.Thread):
                     if verdict.get("decision") == "fraud":
                         self.state.recent_frauds.appendleft(verdict)
         finally:
-            reader.close()
+            close_within(reader, self.config.kafka.close_timeout_s, "dashboard reader")
 
 
 def run_demo(

@@ -22,7 +22,7 @@ from fraudkit.stream.ratelimit import Pacer, bounded_wait, make_pacer
 if TYPE_CHECKING:
     import pandas
 
-    from fraudkit.stream.kafka import Consumer, Producer
+    from fraudkit.stream.kafka import BrokerWatch, Consumer, Producer
 
 # Canonical columns (docs/architecture.md); any other column of a frame is a numeric passthrough.
 REQUIRED_COLUMNS = ("transaction_id", "event_time_ms", "amount", "label")
@@ -34,6 +34,10 @@ STATUS_INTERVAL_S = 0.25
 FLUSH_TIMEOUT_S = 60.0
 # The recent rate shown live is measured over this many seconds.
 RECENT_RATE_WINDOW_S = 2.0
+# While no broker answers, one "waiting for Kafka" line this often.
+OUTAGE_LOG_EVERY_S = 2.0
+# The final flush waits in slices this long, looking at the broker watch in between.
+FLUSH_SLICE_S = 0.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,6 +461,8 @@ class Generator:
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = _wall_ms,
         sleep: Callable[[float], None] = time.sleep,
+        watch: BrokerWatch | None = None,
+        on_log: Callable[[str], None] | None = None,
     ) -> None:
         settings = config.generate
         self.settings = settings
@@ -484,6 +490,12 @@ class Generator:
         self.producing_ended: float | None = None
         self.next_status = 0.0
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque()
+        self.watch = watch
+        self.servers = config.kafka.bootstrap_servers
+        self.close_timeout_s = config.kafka.close_timeout_s
+        self.log = on_log or (lambda _message: None)
+        self.next_outage_log = 0.0
+        self.in_outage = False
 
     # -- delivery -----------------------------------------------------------------------------
 
@@ -503,6 +515,7 @@ class Generator:
             except BufferError:
                 # A full local queue: serve delivery reports and retry, never drop.
                 producer.poll(0.05)
+                self._check_broker(self.clock())
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -613,13 +626,37 @@ class Generator:
             self._read_verdicts(wait_s)
         else:
             self.sleep(wait_s)
-        self._maybe_status(self.clock())
+        now = self.clock()
+        self._check_broker(now)
+        self._maybe_status(now)
 
     def _serve(self, now: float) -> None:
         self.producer.poll(0)
         if self.consumer is not None:
             self._read_verdicts(0)
+        self._check_broker(now)
         self._maybe_status(now)
+
+    def _check_broker(self, now: float) -> None:
+        """Say what is waiting while no broker answers; BrokerError after kafka.connect_timeout_s."""
+        if self.watch is None:
+            return
+        down = self.watch.check()
+        if down is None:
+            if self.in_outage:
+                self.in_outage = False
+                self.log(
+                    f"Kafka at {self.watch.servers} answers again; {len(self.producer):,} messages queued"
+                )
+            return
+        self.in_outage = True
+        if now >= self.next_outage_log:
+            self.next_outage_log = now + OUTAGE_LOG_EVERY_S
+            self.log(
+                f"waiting for Kafka at {self.watch.servers}: {len(self.producer):,} messages queued, "
+                f"retrying (no broker answered for {down:.0f}s; giving up in "
+                f"{max(0.0, self.watch.timeout_s - down):.0f}s)"
+            )
 
     def _read_verdicts(self, timeout_s: float) -> None:
         assert self.consumer is not None and self.verdicts is not None
@@ -638,9 +675,25 @@ class Generator:
         self._emit_status()
         if self.settings.flush_labels:
             self._publish_labels(self.labels.drain())
-        remaining = self.producer.flush(FLUSH_TIMEOUT_S)
+        # A stop request (SIGTERM) bounds the flush by kafka.close_timeout_s: the process must leave.
+        flush_s = min(FLUSH_TIMEOUT_S, self.close_timeout_s) if self.stop.is_set() else FLUSH_TIMEOUT_S
+        deadline = self.clock() + flush_s
+        while True:
+            remaining = self.producer.flush(FLUSH_SLICE_S)
+            now = self.clock()
+            if not remaining or now >= deadline:
+                break
+            self._check_broker(now)
+            self._maybe_status(now)
         if remaining:
-            raise BrokerError(f"{remaining} message(s) still undelivered after {FLUSH_TIMEOUT_S:g}s")
+            raise BrokerError(
+                f"{remaining:,} message(s) still undelivered to {self.servers} after {flush_s:g}s"
+                + (
+                    "; stopped while Kafka was unreachable"
+                    if self.watch is not None and self.watch.lost
+                    else ""
+                )
+            )
         if self.failed:
             raise BrokerError(f"{self.failed} message(s) were not delivered: {'; '.join(self.errors)}")
 
@@ -713,6 +766,7 @@ def run_generate(
     stop_event: threading.Event | None = None,
     on_status: Callable[[GenerateSummary], None] | None = None,
     source: Iterable[pandas.DataFrame] | None = None,
+    on_log: Callable[[str], None] | None = None,
 ) -> GenerateSummary:
     """Produce transactions and delayed labels per config.generate, read verdicts back, summarise.
 
@@ -720,26 +774,50 @@ def run_generate(
     generate.count, generate.duration_s, the end of a finite source, or when stop_event is set;
     every produced message is flushed before returning.
     """
-    from fraudkit.stream.kafka import ensure_topics, make_consumer, make_producer, wait_for_broker
+    from fraudkit.stream.kafka import (
+        BrokerWatch,
+        close_producer,
+        close_within,
+        ensure_topics,
+        make_consumer,
+        make_producer,
+        wait_for_broker,
+    )
 
     settings = config.generate
     stop = stop_event or threading.Event()
-    wait_for_broker(config)
+    log = on_log or (lambda _message: None)
+    servers = config.kafka.bootstrap_servers
+    wait_for_broker(
+        config,
+        on_retry=lambda left, error: log(
+            f"waiting for Kafka at {servers} ({error}); giving up in {left:.0f}s"
+        ),
+    )
     topics = [config.topics.transactions, config.topics.labels]
     if settings.read_verdicts:
         topics.append(config.topics.verdicts)
     ensure_topics(config, topics)
     frames = open_source(config) if source is None else source
-    producer = make_producer(config, delivery_report_only_error=True)
+    watch = BrokerWatch(config)
+    producer = make_producer(config, error_cb=watch.on_error, delivery_report_only_error=True)
     consumer = None
     if settings.read_verdicts:
-        consumer = make_consumer(config, settings.verdict_group_id)
+        consumer = make_consumer(config, settings.verdict_group_id, error_cb=watch.on_error)
     source_stop = threading.Event()
+    close_timeout_s = config.kafka.close_timeout_s
     try:
         if consumer is not None:
             _assign_at_end(consumer, config.topics.verdicts)
         generator = Generator(
-            config, producer, consumer, make_pacer(settings.rate, settings.speedup), stop, on_status
+            config,
+            producer,
+            consumer,
+            make_pacer(settings.rate, settings.speedup),
+            stop,
+            on_status,
+            watch=watch,
+            on_log=log,
         )
         if source is not None:
             generator.status.source = "custom"
@@ -749,8 +827,12 @@ def run_generate(
         return summary
     finally:
         source_stop.set()
+        close_by = time.monotonic() + close_timeout_s
         if consumer is not None:
-            consumer.close()
+            close_within(consumer, close_timeout_s, "verdict reader", log)
+        # Everything was flushed on success; after a failure what is left is dropped, not waited for.
+        flush_s = 0.0 if watch.lost else close_by - time.monotonic()
+        close_producer(producer, flush_s, "generator's producer", log)
 
 
 # --------------------------------------------------------------------------------------------

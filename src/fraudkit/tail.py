@@ -722,7 +722,7 @@ class Tail:
                     assignments.append(kafka.TopicPartition(topic, partition, start))
             reader.assign(assignments)
         except kafka.KafkaException as exc:
-            reader.close()
+            kafka.close_within(reader, self.config.kafka.close_timeout_s, "reader")
             raise BrokerError(
                 f"cannot read {', '.join(topics)} on {self.config.kafka.bootstrap_servers}: {exc}"
             ) from None
@@ -731,7 +731,7 @@ class Tail:
     def close(self) -> None:
         """Close the reader (it never committed anything)."""
         if self._reader is not None:
-            self._reader.close()
+            kafka.close_within(self._reader, self.config.kafka.close_timeout_s, "reader")
             self._reader = None
 
     @property

@@ -141,9 +141,9 @@ def generate(
                     observe(status)
                     live.update(status_panel(status))
 
-                summary = run_generate(cfg, stop, on_status=show)
+                summary = run_generate(cfg, stop, on_status=show, on_log=log)
         else:
-            summary = run_generate(cfg, stop, on_status=observe)
+            summary = run_generate(cfg, stop, on_status=observe, on_log=log)
     if json_output:
         import orjson
 

@@ -13,6 +13,7 @@ transactions.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,7 +24,7 @@ from fraudkit.detect.settings import DetectSettings
 from fraudkit.errors import BrokerError
 
 if TYPE_CHECKING:
-    from fraudkit.stream.kafka import Consumer, Message, Producer
+    from fraudkit.stream.kafka import BrokerWatch, Consumer, Message, Producer
 
 LatencyCallback = Callable[[list[int], int], None]
 NoteCallback = Callable[[str], None]
@@ -61,8 +62,11 @@ class Committer(Protocol):
     def on_lost(self) -> None:
         """Partitions already moved: outputs still go out, offsets cannot be committed."""
 
-    def close(self, failed: bool) -> None:
-        """End of the run: settle (or abort what is open after a failure)."""
+    def close(self, failed: bool, close_by: float) -> None:
+        """End of the run: settle (or abort what is open after a failure), by close_by (monotonic)."""
+
+    def forget(self) -> None:
+        """Drop what is not committed yet: it is re-read after a restart (closing, partitions lost)."""
 
 
 def _first_then_fetched(consumer: Consumer, first: list[Message], limit: int) -> list[Message]:
@@ -84,6 +88,8 @@ class AckCommitter:
         settings: DetectSettings,
         record_latency: LatencyCallback,
         note: NoteCallback,
+        watch: BrokerWatch,
+        stop: threading.Event,
     ) -> None:
         from fraudkit.stream import kafka
 
@@ -94,6 +100,8 @@ class AckCommitter:
         self.settings = settings
         self.record_latency = record_latency
         self.note = note
+        self.watch = watch
+        self.stop = stop
         self.pending: dict[int, int] | None = None
         self.pending_batches = 0
         self.pending_since = 0.0
@@ -150,27 +158,36 @@ class AckCommitter:
                 self.record_latency(produced_ms, delivered_ms)
             self.undelivered = []
 
-    def wait_delivered(self) -> None:
-        """Block until every output is acknowledged (dead letters for refused ones included)."""
-        deadline = time.monotonic() + self.settings.delivery_timeout_s
+    def wait_delivered(self, close_by: float | None = None) -> bool:
+        """Block until every output is acknowledged (True); False if a stop came first (outside close).
+
+        Dead letters for outputs the broker refused are produced and waited for too.
+        """
+        timeout_s = self.settings.delivery_timeout_s
+        deadline = time.monotonic() + timeout_s
+        if close_by is not None:
+            deadline = min(deadline, close_by)
         while True:
             remaining = self.producer.flush(0.5)
             if remaining == 0:
                 self.all_delivered()
                 if not self.router.refused_outputs:
                     break
-                # Dead letters for what the broker refused, then wait for those too.
                 self.router.dead_letter_refused(self.unsettled)
                 continue
+            self.watch.check()  # a lost cluster fails sooner than the delivery timeout
+            if close_by is None and self.stop.is_set():
+                return False  # the close settles what it can within kafka.close_timeout_s
             if time.monotonic() >= deadline:
+                within = "while stopping" if close_by is not None else f"after {timeout_s:g}s"
                 raise BrokerError(
-                    f"{remaining} output message(s) not acknowledged after "
-                    f"{self.settings.delivery_timeout_s:g}s; offsets were not committed, a restart "
-                    "re-processes the batch"
+                    f"{remaining:,} output message(s) not acknowledged {within}; offsets were not "
+                    "committed, a restart re-processes the batch"
                 )
         self.router.check_deliveries()
+        return True
 
-    def settle(self, block: bool) -> None:
+    def settle(self, block: bool, close_by: float | None = None) -> None:
         """Commit the offsets of the batches produced so far once all their outputs are acknowledged.
 
         Without `block` this never waits: it commits only if nothing is outstanding right now, so
@@ -184,7 +201,8 @@ class AckCommitter:
             or time.monotonic() - self.pending_since >= MAX_UNSETTLED_S
         )
         if block or overdue:
-            self.wait_delivered()
+            if not self.wait_delivered(close_by):
+                return
         else:
             self.producer.poll(0)
             if len(self.producer) > 0:
@@ -201,7 +219,8 @@ class AckCommitter:
         partitions = [self.kafka.TopicPartition(topic, p, o) for p, o in offsets.items()]
         try:
             if block:
-                self.consumer.commit(offsets=partitions, asynchronous=False)
+                wait_s = self.settings.delivery_timeout_s if close_by is None else close_by - time.monotonic()
+                self.kafka.commit_within(self.consumer, partitions, wait_s)
             else:
                 self.consumer.commit(offsets=partitions, asynchronous=True)
         except self.kafka.KafkaException as exc:
@@ -219,10 +238,15 @@ class AckCommitter:
         self.pending = None
         self.unsettled = []
 
-    def close(self, failed: bool) -> None:
-        """Settle everything on a clean stop; after a failure nothing more is committed."""
+    def close(self, failed: bool, close_by: float) -> None:
+        """Settle everything on a clean stop (by close_by); after a failure nothing more is committed."""
         if not failed:
-            self.settle(block=True)
+            self.settle(block=True, close_by=close_by)
+
+    def forget(self) -> None:
+        """Drop the uncommitted batches: the group re-processes them after a restart."""
+        self.pending = None
+        self.unsettled = []
 
 
 class TransactionalCommitter:
@@ -236,6 +260,8 @@ class TransactionalCommitter:
         settings: DetectSettings,
         record_latency: LatencyCallback,
         log: NoteCallback,
+        watch: BrokerWatch,
+        stop: threading.Event,
     ) -> None:
         from fraudkit.stream import kafka
 
@@ -317,10 +343,12 @@ class TransactionalCommitter:
                     continue
                 raise
 
-    def abort_quietly(self) -> None:
+    def abort_quietly(self, timeout_s: float | None = None) -> None:
         """Abort the open transaction; a failure to abort is logged, not raised."""
         try:
-            self.producer.abort_transaction(self.settings.delivery_timeout_s)
+            self.producer.abort_transaction(
+                self.settings.delivery_timeout_s if timeout_s is None else timeout_s
+            )
         except self.kafka.KafkaException as exc:
             self.log(f"aborting the transaction failed too: {exc.args[0].str()}")
 
@@ -344,7 +372,10 @@ class TransactionalCommitter:
         """Outputs of committed transactions are delivered; wait for them."""
         self.producer.flush(self.settings.delivery_timeout_s)
 
-    def close(self, failed: bool) -> None:
-        """Abort a transaction left open by a failure."""
+    def close(self, failed: bool, close_by: float) -> None:
+        """Abort a transaction left open by a failure (by close_by)."""
         if self.in_transaction:
-            self.abort_quietly()
+            self.abort_quietly(max(self.kafka.MIN_CLOSE_S, close_by - time.monotonic()))
+
+    def forget(self) -> None:
+        """Nothing uncommitted outlives a transaction."""

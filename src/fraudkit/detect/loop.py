@@ -14,7 +14,6 @@ during one.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import threading
 import time
@@ -38,7 +37,7 @@ from fraudkit.stream.clock import StreamClock
 
 if TYPE_CHECKING:
     from fraudkit.observability.detect_telemetry import DetectTelemetry
-    from fraudkit.stream.kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+    from fraudkit.stream.kafka import BrokerWatch, Consumer, KafkaError, Message, Producer, TopicPartition
 
 EXPIRE_EVERY_S = 5.0
 
@@ -50,6 +49,7 @@ class DetectClients:
     consumer: Consumer
     producer: Producer
     labels: Consumer
+    watch: BrokerWatch
 
 
 class DetectLoop:
@@ -90,11 +90,20 @@ class DetectLoop:
         self.assigned: set[int] = set()
         self.notes: list[str] = []
         self.closing = False
+        self.watch = clients.watch
+        self.outage_logged = False
         self._reported_ahead = 0
         self.router = OutputRouter(self.producer, settings, self.summary)
         committer_class = TransactionalCommitter if settings.exactly_once else AckCommitter
         self.committer: Committer = committer_class(
-            self.consumer, self.producer, self.router, settings, self.meter.record_latency, self._note
+            self.consumer,
+            self.producer,
+            self.router,
+            settings,
+            self.meter.record_latency,
+            self._note,
+            self.watch,
+            stop,
         )
         self.labels = LabelFeed(clients.labels, settings, holder, self.quality, self.summary, self.extensions)
         self.labels_consumer = clients.labels
@@ -159,6 +168,7 @@ class DetectLoop:
         return self.bounds.reached()
 
     def _between_batches(self) -> None:
+        self._check_broker()
         for extension in self.extensions:
             extension.between_batches()
         swapped = self.holder.swap()
@@ -195,20 +205,45 @@ class DetectLoop:
             self._emit_status(now)
 
     def _close(self, failed: bool) -> None:
+        """Settle, commit and close within kafka.close_timeout_s, whatever state the broker is in."""
+        kafka = self.kafka
         gc.unfreeze()
         gc.set_threshold(*self._gc_thresholds)
+        close_by = time.monotonic() + self.config.kafka.close_timeout_s
+        if failed and self.watch.lost:
+            # Nothing can be committed or acknowledged without a broker: do not wait for one.
+            close_by = time.monotonic()
+
+        def left() -> float:
+            return close_by - time.monotonic()
+
         try:
-            self.committer.close(failed)
+            self.committer.close(failed, close_by)
         finally:
             self.closing = True
-            # Closing after a broker failure must not mask that failure.
-            with contextlib.suppress(Exception):
-                self.consumer.close()
-            with contextlib.suppress(Exception):
-                self.labels_consumer.close()
-            self.producer.flush(5.0 if failed else self.settings.delivery_timeout_s)
+            # What is not committed by now stays uncommitted (re-read after a restart): a revoke
+            # during close must not wait for it again. Closing must not mask the run's own error.
+            self.committer.forget()
+            kafka.close_within(self.consumer, left(), "detector's consumer", self.log)
+            kafka.close_within(self.labels_consumer, left(), "labels consumer", self.log)
+            kafka.close_producer(self.producer, left(), "detector's producer", self.log)
             for extension in self.extensions:
                 extension.on_stop()
+
+    def _check_broker(self) -> None:
+        """Raise BrokerError once no broker has answered for kafka.connect_timeout_s; say so when it starts."""
+        down = self.watch.check()
+        if down is None:
+            if self.outage_logged:
+                self._note(f"Kafka at {self.watch.servers} answers again")
+                self.outage_logged = False
+            return
+        if not self.outage_logged:
+            self.outage_logged = True
+            self._note(
+                f"no broker of {self.watch.servers} answers; waiting, giving up in "
+                f"{max(0.0, self.watch.timeout_s - down):.0f}s"
+            )
 
     def _account(self, batch: ScoredBatch) -> None:
         summary = self.summary
@@ -235,8 +270,9 @@ class DetectLoop:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Settle the batches in flight while these partitions are still ours, so the next owner
-        # starts exactly after them.
-        self.committer.on_revoke()
+        # starts exactly after them (when closing, _close has settled what it could).
+        if not self.closing:
+            self.committer.on_revoke()
         self.assigned.difference_update(p.partition for p in partitions)
         self.bounds.assigned(bool(self.assigned))
         if not self.closing:
@@ -244,11 +280,16 @@ class DetectLoop:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The partitions already belong to someone else: a commit would be refused. The outputs
-        # still go out; the new owner re-processes from the last commit (at-least-once).
-        self.committer.on_lost()
+        # still go out; the new owner re-processes from the last commit (at-least-once). While
+        # closing (possibly in an abandoned close thread) _close has flushed what it could.
+        if self.closing:
+            self.committer.forget()
+        else:
+            self.committer.on_lost()
         self.assigned.difference_update(p.partition for p in partitions)
         self.bounds.assigned(bool(self.assigned))
-        self._note(f"lost partitions {sorted(p.partition for p in partitions)} (session timed out)")
+        if not self.closing:
+            self._note(f"lost partitions {sorted(p.partition for p in partitions)} (session timed out)")
 
     def _report_ahead(self) -> None:
         """Say (at 1, 10, 100, ... occurrences) that far-ahead event times were kept off the clock."""

@@ -186,10 +186,17 @@ def open_clients(config: FraudkitConfig, settings: DetectSettings) -> DetectClie
     """The detector's consumer, producer and labels consumer."""
     from fraudkit.stream import kafka
 
-    consumer = kafka.make_consumer(config, settings.group_id, **{"client.id": settings.client_id})
-    producer = kafka.make_producer(config, **producer_settings(settings))
+    # Every client reports to one watch: a lost cluster ends the loop after kafka.connect_timeout_s.
+    watch = kafka.BrokerWatch(config)
+    consumer = kafka.make_consumer(
+        config, settings.group_id, error_cb=watch.on_error, **{"client.id": settings.client_id}
+    )
+    producer = kafka.make_producer(config, error_cb=watch.on_error, **producer_settings(settings))
     # Labels are not latency-critical: few, large fetches spare the broker.
     labels = kafka.make_consumer(
-        config, f"{settings.group_id}-labels", **{"fetch.wait.max.ms": 200, "fetch.min.bytes": 1_048_576}
+        config,
+        f"{settings.group_id}-labels",
+        error_cb=watch.on_error,
+        **{"fetch.wait.max.ms": 200, "fetch.min.bytes": 1_048_576},
     )
-    return DetectClients(consumer, producer, labels)
+    return DetectClients(consumer, producer, labels, watch)

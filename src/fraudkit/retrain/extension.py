@@ -462,11 +462,13 @@ class RetrainExtension(DetectExtension):
         if thread is not None:
             self._tasks.put(_STOP)
             thread.join(STOP_WAIT_S)
+        from fraudkit.stream import kafka
+
+        close_timeout_s = self.config.kafka.close_timeout_s
         if self._control is not None:
-            with contextlib.suppress(Exception):
-                self._control.close()
+            kafka.close_within(self._control, close_timeout_s, "control-topic reader", self.log)
         if self._producer is not None:
-            self._producer.flush(5.0)
+            kafka.close_producer(self._producer, min(5.0, close_timeout_s), "announcement producer", self.log)
         if self.lock is not None:
             self.lock.release()
 
@@ -507,7 +509,7 @@ class RetrainExtension(DetectExtension):
         try:
             metadata = reader.list_topics(topic, timeout=10)
         except kafka.KafkaException as exc:
-            reader.close()
+            kafka.close_within(reader, self.config.kafka.close_timeout_s, "control-topic reader", self.log)
             raise BrokerError(f"cannot read metadata of topic {topic!r}: {exc}") from None
         partitions = sorted(metadata.topics[topic].partitions) if topic in metadata.topics else []
         # From the end: announcements made before this start are already in the registry's `current`.

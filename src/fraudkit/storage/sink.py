@@ -249,6 +249,8 @@ class SinkRunner:
             dead_letter_table=config.sink.dead_letter_table,
         )
         self._consumer = consumer
+        # Set for the consumer this runner makes: a lost cluster ends the run after connect_timeout_s.
+        self.watch: kafka.BrokerWatch | None = None
         self.summary = SinkSummary(database=self.database.url.describe(), table=self.database.table)
         self._assigned_at: float | None = None
         self._last_message_at: float | None = None
@@ -274,7 +276,8 @@ class SinkRunner:
         if self._consumer is not None:
             return self._consumer
         kafka.ensure_topics(self.config, self._topics())
-        consumer = kafka.make_consumer(self.config, self.config.sink.group_id)
+        self.watch = kafka.BrokerWatch(self.config)
+        consumer = kafka.make_consumer(self.config, self.config.sink.group_id, error_cb=self.watch.on_error)
         consumer.subscribe(self._topics(), on_assign=self._on_assign)
         return consumer
 
@@ -293,10 +296,10 @@ class SinkRunner:
         finally:
             self.summary.elapsed_s = time.monotonic() - started
             if consumer is not None:
-                try:
-                    consumer.close()
-                except Exception as exc:  # closing must not hide the run's own error
-                    self.on_event(f"closing the Kafka consumer failed: {exc}")
+                # Closing must not hide the run's own error, nor hang on a lost broker.
+                kafka.close_within(
+                    consumer, self.config.kafka.close_timeout_s, "Kafka consumer", self.on_event
+                )
             self.database.close()
         return self.summary
 
@@ -331,6 +334,8 @@ class SinkRunner:
             reason = self._bound_reached(started)
             if reason:
                 return reason
+            if self.watch is not None:
+                self.watch.check()
             wanted = batch_size
             if self.options.max_messages is not None:
                 wanted = min(wanted, self.options.max_messages - self.summary.messages)
@@ -475,11 +480,12 @@ class SinkRunner:
     def _commit(self, consumer: Any, offsets: dict[tuple[str, int], int], consumed: int) -> None:
         partitions = [kafka.TopicPartition(topic, part, offset) for (topic, part), offset in offsets.items()]
         try:
-            consumer.commit(offsets=partitions, asynchronous=False)
-        except kafka.KafkaException as exc:
+            kafka.commit_within(consumer, partitions, self.config.kafka.close_timeout_s)
+        except (kafka.KafkaException, BrokerError) as exc:
             # The rows are in the database; a re-delivery after this failure is a harmless no-op.
             self.summary.commit_failures += 1
-            self.on_event(f"committing Kafka offsets failed ({exc.args[0].str() if exc.args else exc})")
+            detail = exc.args[0].str() if isinstance(exc, kafka.KafkaException) and exc.args else exc
+            self.on_event(f"committing Kafka offsets failed ({detail})")
 
 
 def run_sink(

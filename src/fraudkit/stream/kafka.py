@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +30,7 @@ from fraudkit.errors import BrokerError, ConfigError
 __all__ = [
     "OFFSET_BEGINNING",
     "OFFSET_END",
+    "BrokerWatch",
     "Consumer",
     "DeliveryTracker",
     "KafkaError",
@@ -35,8 +38,12 @@ __all__ = [
     "Message",
     "Producer",
     "TopicPartition",
+    "abandoned_clients",
     "all_topic_names",
     "check_client_settings",
+    "close_producer",
+    "close_within",
+    "commit_within",
     "consumer_settings",
     "ensure_topics",
     "list_topics",
@@ -106,7 +113,10 @@ def consumer_settings(config: FraudkitConfig, group_id: str, **extra: Any) -> di
 
 
 def make_producer(config: FraudkitConfig, **extra: Any) -> Producer:
-    """A producer from kafka.common + kafka.producer (+ per-call overrides such as transactional.id)."""
+    """A producer from kafka.common + kafka.producer (+ per-call overrides such as transactional.id).
+
+    Pass `error_cb=watch.on_error` to let a BrokerWatch see the client's broker errors.
+    """
     return _create(Producer, producer_settings(config, **extra), config)
 
 
@@ -131,9 +141,15 @@ def make_admin(config: FraudkitConfig) -> AdminClient:
     return _create(AdminClient, dict(config.kafka.common), config)
 
 
+# confluent-kafka's callback settings keep their underscores.
+CALLBACK_SETTINGS = frozenset({"error_cb", "stats_cb", "throttle_cb", "oauth_cb", "on_commit", "logger"})
+
+
 def _dotted(extra: Mapping[str, Any]) -> dict[str, Any]:
     """Python keyword overrides use underscores; librdkafka names use dots."""
-    return {key.replace("_", "."): value for key, value in extra.items()}
+    return {
+        (key if key in CALLBACK_SETTINGS else key.replace("_", ".")): value for key, value in extra.items()
+    }
 
 
 # librdkafka logs connection churn (e.g. "%3|...|FAIL|... Connection refused") straight to stderr;
@@ -382,4 +398,188 @@ def high_watermarks(
             result[partition] = (low, high)
         return result
     finally:
-        reader.close()
+        close_within(reader, timeout_s, "watermark reader")
+
+
+# ---------------------------------------------------------------------------------------------
+# Broker loss and deadlines on closing (see docs/scaling.md, "Broker faults")
+
+KAFKA_LOGGER = logging.getLogger("fraudkit.stream.kafka")
+# While librdkafka reports every broker down, a metadata request checks this often whether one is back.
+PROBE_EVERY_S = 1.0
+PROBE_TIMEOUT_S = 1.0
+# Each client still gets this long when an earlier step of a shutdown used up the whole budget.
+MIN_CLOSE_S = 0.5
+# Clients whose close was abandoned: kept referenced, since destroying one repeats the blocking close.
+_ABANDONED: list[Any] = []
+
+
+class BrokerWatch:
+    """Knows whether any broker still answers, and raises BrokerError once none has for too long.
+
+    librdkafka retries a lost connection forever and never fails a consume, a poll or a flush for it:
+    it only reports `_ALL_BROKERS_DOWN` (once, when the last connection drops) to the `error_cb` of
+    each client. Clients made with `error_cb=watch.on_error` report here; the loop calls `check()` between
+    batches. While every broker is down, `check()` asks for metadata about once a second, so a broker
+    that comes back ends the outage; after `timeout_s` without an answer it raises.
+    """
+
+    def __init__(
+        self,
+        config: FraudkitConfig,
+        timeout_s: float | None = None,
+        probe: Callable[[float], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.servers = config.kafka.bootstrap_servers
+        self.timeout_s = config.kafka.connect_timeout_s if timeout_s is None else timeout_s
+        self.clock = clock
+        self.down_since: float | None = None
+        self.last_error = ""
+        self._probed_at = -float("inf")
+        self._config = config
+        self._probe = probe
+        self._admin: AdminClient | None = None
+
+    def on_error(self, error: KafkaError) -> None:
+        """librdkafka's error_cb: an outage starts when it reports every broker down."""
+        code = error.code()
+        if code == KafkaError._ALL_BROKERS_DOWN:
+            if self.down_since is None:
+                self.down_since = self.clock()
+        elif code in (KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._TIMED_OUT):
+            # Says why the brokers are down: "Connect to ipv4#127.0.0.1:9092 failed: Connection refused".
+            self.last_error = error.str()
+        elif error.fatal():
+            self.last_error = error.str()
+
+    @property
+    def lost(self) -> bool:
+        """True while every broker is believed down."""
+        return self.down_since is not None
+
+    def down_for(self) -> float:
+        """Seconds since the outage began (0 when none)."""
+        return 0.0 if self.down_since is None else self.clock() - self.down_since
+
+    def check(self) -> float | None:
+        """None if a broker answers; else seconds without one. BrokerError once that reaches timeout_s."""
+        if self.down_since is None:
+            return None
+        now = self.clock()
+        if now - self._probed_at >= PROBE_EVERY_S:
+            self._probed_at = now
+            if self._answers():
+                self.down_since = None
+                return None
+            now = self.clock()
+        down = now - self.down_since
+        if down >= self.timeout_s:
+            raise BrokerError(self.lost_message(down))
+        return down
+
+    def lost_message(self, down_s: float | None = None) -> str:
+        """The error a loop stops with: which cluster, for how long, and librdkafka's last reason."""
+        down = self.down_for() if down_s is None else down_s
+        reason = _short_reason(self.last_error)
+        return f"lost Kafka at {self.servers}: no broker answered for {down:.0f}s" + (
+            f" (last error: {reason})" if reason else ""
+        )
+
+    def _answers(self) -> bool:
+        if self._probe is not None:
+            return self._probe(PROBE_TIMEOUT_S)
+        if self._admin is None:
+            self._admin = make_admin(self._config)
+        try:
+            return bool(self._admin.list_topics(timeout=PROBE_TIMEOUT_S).brokers)
+        except KafkaException:
+            return False
+
+
+def _short_reason(text: str) -> str:
+    """librdkafka's "host:port/bootstrap: Connect to ... failed: ..." without its broker-name prefix."""
+    head, separator, rest = text.partition(": ")
+    return rest if separator and "/" in head else text
+
+
+def close_within(
+    client: Any, deadline_s: float, what: str = "Kafka client", warn: Callable[[str], None] | None = None
+) -> bool:
+    """Close a client in a daemon thread, abandoning it after deadline_s with a warning; True if it closed.
+
+    A consumer's close() leaves its group and can block while no broker answers (librdkafka issue
+    4519); librdkafka's own timeouts do not bound it. An abandoned close goes on in the background
+    and ends with the process. Nothing is lost by abandoning it: callers commit only delivered work.
+    """
+    finished = threading.Event()
+    failure: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            client.close()
+        except BaseException as exc:  # reported below, in the caller's thread
+            failure.append(exc)
+        finally:
+            finished.set()
+
+    threading.Thread(target=close, name=f"fraudkit-close-{what}", daemon=True).start()
+    report = warn or KAFKA_LOGGER.warning
+    deadline_s = max(MIN_CLOSE_S, deadline_s)
+    if not finished.wait(deadline_s):
+        _ABANDONED.append(client)
+        report(f"closing the {what} took over {deadline_s:.1f}s (is Kafka reachable?); abandoned it")
+        return False
+    if failure:
+        report(f"closing the {what} failed: {failure[0]}")
+        return False
+    return True
+
+
+def abandoned_clients() -> int:
+    """How many clients' close was abandoned in this process (the CLI then exits without clean-up)."""
+    return len(_ABANDONED)
+
+
+def commit_within(consumer: Any, offsets: list[TopicPartition], deadline_s: float) -> None:
+    """A synchronous offset commit that gives up after deadline_s (BrokerError); KafkaException as is.
+
+    librdkafka's synchronous commit has no timeout of its own: it waits for the group coordinator.
+    """
+    finished = threading.Event()
+    failure: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            finished.set()
+
+    threading.Thread(target=commit, name="fraudkit-commit", daemon=True).start()
+    deadline_s = max(MIN_CLOSE_S, deadline_s)
+    if not finished.wait(deadline_s):
+        raise BrokerError(f"committing offsets took over {deadline_s:.1f}s; they stay uncommitted")
+    if failure:
+        raise failure[0]
+
+
+def close_producer(
+    producer: Any, deadline_s: float, what: str = "producer", warn: Callable[[str], None] | None = None
+) -> int:
+    """Flush within deadline_s, then drop what is still queued; returns how many messages were dropped.
+
+    Dropping them keeps the producer's destruction from waiting on a broker that is gone; callers
+    have not committed the inputs of those messages, so nothing is lost for good.
+    """
+    deadline_s = max(MIN_CLOSE_S, deadline_s)
+    remaining = int(producer.flush(deadline_s))
+    if remaining:
+        (warn or KAFKA_LOGGER.warning)(
+            f"the {what} still held {remaining:,} undelivered message(s) after {deadline_s:.1f}s; dropped them"
+        )
+        with contextlib.suppress(KafkaException, RuntimeError, NotImplementedError):
+            producer.purge(in_queue=True, in_flight=True, blocking=False)
+            producer.poll(0)
+    return remaining

@@ -489,7 +489,7 @@ def scripted_loop(
         instance_id="fake",
     )
     settings = DetectSettings.resolve(config, options)
-    clients = DetectClients(consumer, producer, labels)  # type: ignore[arg-type]
+    clients = DetectClients(consumer, producer, labels, kafka.BrokerWatch(config))  # type: ignore[arg-type]
     loop = DetectLoop(
         config, settings, holder, clients, threading.Event(), None, lambda _: None, extensions or []
     )
