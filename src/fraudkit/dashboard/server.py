@@ -59,7 +59,7 @@ SECURITY_HEADERS = {
 
 
 def _static(name: str) -> bytes:
-    return resources.files("fraudkit.dashboard.server").joinpath("static", name).read_bytes()
+    return resources.files("fraudkit.dashboard").joinpath("static", name).read_bytes()
 
 
 class ReviewPublisher:
