@@ -17,6 +17,7 @@ import orjson
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import BrokerError, DataError
 from fraudkit.schema import CANONICAL_COLUMNS, SCHEMA_VERSION, Label
+from fraudkit.stream.bounds import RunBounds, StopReason
 from fraudkit.stream.ratelimit import Pacer, bounded_wait, make_pacer
 
 if TYPE_CHECKING:
@@ -355,7 +356,7 @@ class GenerateSummary:
     duration_s: float = 0.0
     first_event_ms: int | None = None
     stream_time_ms: int | None = None
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data."""
@@ -510,53 +511,50 @@ class Generator:
         """Produce until the source ends, count/duration is reached or stop is set; then flush."""
         self.started = self.clock()
         self.next_status = self.started
-        count_left = self.settings.count
+        bounds = RunBounds(
+            duration_s=self.settings.duration_s, max_messages=self.settings.count, clock=self.clock
+        )
         for chunk in chunks:
             if self.status.phase != "producing":
                 # The clock starts with the first chunk, so the source's start-up is not counted.
                 self.status.phase = "producing"
                 self.started = self.clock()
-            count_left = self._send_chunk(chunk, count_left)
+                bounds.restart()
+            self._send_chunk(chunk, bounds)
             if self.status.stop_reason is not None:
                 break
         if self.status.stop_reason is None:
-            self.status.stop_reason = "stopped" if self.stop.is_set() else "source exhausted"
+            self.status.stop_reason = "stopped" if self.stop.is_set() else "end_of_source"
         self.producing_ended = self.clock()
         self._finish_producing()
         self._wait_for_verdicts()
         self.status.phase = "done"
         return self._snapshot()
 
-    def _send_chunk(self, chunk: Chunk, count_left: int | None) -> int | None:
-        settings = self.settings
+    def _send_chunk(self, chunk: Chunk, bounds: RunBounds) -> None:
         times = chunk.event_time_ms
         row, rows = 0, len(chunk)
-        duration = settings.duration_s
         while row < rows:
             if self.stop.is_set():
                 self.status.stop_reason = "stopped"
-                break
-            if count_left is not None and count_left <= 0:
-                self.status.stop_reason = "count reached"
-                break
+                return
+            reason = bounds.reached()
+            if reason is not None:
+                self.status.stop_reason = reason
+                return
             now = self.clock()
-            if duration is not None and now - self.started >= duration:
-                self.status.stop_reason = "duration reached"
-                break
-            limit = MAX_BATCH if count_left is None else min(MAX_BATCH, count_left)
-            due = self.pacer.due(times, row, limit)
+            due = self.pacer.due(times, row, bounds.remaining_messages(MAX_BATCH))
             if due == 0:
                 self._idle(bounded_wait(self.pacer.wait_s(times, row)))
                 continue
             self._send_rows(chunk, row, due)
             self.pacer.record(due)
             row += due
-            if count_left is not None:
-                count_left -= due
+            bounds.count(due)
             self._serve(now)
-        if count_left is not None and count_left <= 0 and self.status.stop_reason is None:
-            self.status.stop_reason = "count reached"
-        return count_left
+        # The count may end exactly with the chunk: say so rather than wait for the next one.
+        if bounds.remaining_messages(1) == 0:
+            self.status.stop_reason = "max_messages"
 
     def _send_rows(self, chunk: Chunk, start: int, count: int) -> None:
         produced_ms = self.wall_ms()

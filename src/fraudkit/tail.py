@@ -24,6 +24,7 @@ from rich.text import Text
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import BrokerError
 from fraudkit.stream import kafka
+from fraudkit.stream.bounds import RunBounds, StopReason
 from fraudkit.textsafe import printable
 
 PREVIEW_CHARS = 80
@@ -698,6 +699,8 @@ class Tail:
         self._fetched: set[tuple[str, int]] = set()
         self._skip_below: dict[tuple[str, int], int] = {}
         self._reader: Any = None
+        # --limit counts messages shown, not read: a filter may skip most of what arrives.
+        self.bounds = RunBounds(max_messages=options.limit)
 
     def open(self) -> None:
         """Check the topics exist, read watermarks and assign every partition at its start offset."""
@@ -768,6 +771,7 @@ class Tail:
                 continue
             shown.append(tail_message)
             self.summary.shown += 1
+            self.bounds.count(1)
             self.summary.per_topic[tail_message.topic] += 1
             self.counters[tail_message.topic].shown += 1
         for topic, count in per_topic.items():
@@ -792,16 +796,17 @@ class Tail:
     @property
     def limit_reached(self) -> bool:
         """True once --limit messages were shown."""
-        return self.options.limit is not None and self.summary.shown >= self.options.limit
+        return self.bounds.remaining_messages(1) == 0
 
-    def finished(self) -> str | None:
+    def finished(self) -> StopReason | None:
         """Why reading should stop now, or None."""
         if self.stop.is_set():
-            return "signal"
-        if self.limit_reached:
-            return "limit"
+            return "stopped"
+        reason = self.bounds.reached()
+        if reason is not None:
+            return reason
         if not self.options.follow and self.caught_up:
-            return "end of topics"
+            return "end_of_source"
         return None
 
 

@@ -168,7 +168,7 @@ def test_sink_to_sqlite_commits_offsets_after_writing(kafka_config: FraudkitConf
         2,
     )
     assert (
-        summary["inserted"] == 300 and summary["duplicates"] == 40 and summary["stopped_by"] == "until-idle"
+        summary["inserted"] == 300 and summary["duplicates"] == 40 and summary["stopped_by"] == "idle"
     )
     assert backend.count() == 300
     assert backend.query("SELECT COUNT(*), SUM(label) FROM fraud_predictions WHERE label IS NOT NULL") == [

@@ -176,7 +176,7 @@ def test_generator_holds_the_rate_on_a_fake_clock(config: FraudkitConfig, rate: 
     gen, producer = generator(config, clock)
     summary = gen.run([chunk_from_frame(frame(count, step_ms=10))])
     assert summary.sent == count == len(producer.on(config.topics.transactions))
-    assert summary.stop_reason == "count reached"
+    assert summary.stop_reason == "max_messages"
     # count messages span (count - 1) / rate seconds on the schedule.
     assert summary.producing_s == pytest.approx((count - 1) / rate, rel=0.01)
     assert summary.rate_per_s == pytest.approx(rate, rel=0.01)
@@ -187,7 +187,7 @@ def test_duration_bounds_a_run(config: FraudkitConfig) -> None:
     clock = FakeClock()
     gen, _ = generator(config, clock)
     summary = gen.run([chunk_from_frame(frame(5000, step_ms=10))])
-    assert summary.stop_reason == "duration reached"
+    assert summary.stop_reason == "duration"
     assert 399 <= summary.sent <= 401
 
 
@@ -382,7 +382,7 @@ def test_latency_percentiles() -> None:
 
 def test_summary_json_and_panel() -> None:
     summary = GenerateSummary(
-        phase="done", sent=10, verdicts=4, target_rate=100.0, stop_reason="count reached"
+        phase="done", sent=10, verdicts=4, target_rate=100.0, stop_reason="max_messages"
     )
     data = summary.to_dict()
     for key in (
@@ -404,7 +404,7 @@ def test_summary_json_and_panel() -> None:
     console = Console(width=100, record=True)
     console.print(status_panel(summary))
     text = console.export_text()
-    assert "count reached" in text and "10" in text
+    assert "max_messages" in text and "10" in text
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
