@@ -167,9 +167,7 @@ def test_sink_to_sqlite_commits_offsets_after_writing(kafka_config: FraudkitConf
         100,
         2,
     )
-    assert (
-        summary["inserted"] == 300 and summary["duplicates"] == 40 and summary["stopped_by"] == "idle"
-    )
+    assert summary["inserted"] == 300 and summary["duplicates"] == 40 and summary["stopped_by"] == "idle"
     assert backend.count() == 300
     assert backend.query("SELECT COUNT(*), SUM(label) FROM fraud_predictions WHERE label IS NOT NULL") == [
         (100, 10)

@@ -20,6 +20,7 @@ import numpy as np
 
 from fraudkit.config import SimulateConfig
 from fraudkit.errors import ConfigError, DataError
+from fraudkit.features.spec import haversine_km_array
 from fraudkit.schema import CANONICAL_COLUMNS, FILE_COLUMNS
 
 if TYPE_CHECKING:
@@ -126,13 +127,6 @@ _WORLD, _LEGIT, _TRIPS, _LARGE, _TERMINAL_EVENTS, _TERMINAL_FLIPS = range(1, 7)
 _CARD_EVENTS, _CARD_FRAUD, _CARD_TESTING, _TRAVEL = range(7, 11)
 # Days before 1970 are negative; random seeds must not be.
 _DAY_OFFSET = 1_000_000
-
-
-def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
-    """Great-circle distance in km (numpy arrays or floats)."""
-    lat1, lon1, lat2, lon2 = (np.radians(v) for v in (lat1, lon1, lat2, lon2))
-    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * 6371.0 * np.arcsin(np.sqrt(np.minimum(h, 1.0)))
 
 
 def _seed(value: int) -> int:
@@ -288,7 +282,10 @@ def _build_world(config: SimulateConfig) -> _World:
         high_value_terminals=high_value_terminals,
         foreign_cities=countries[:, None] != countries[None, :],
         far_cities=(countries[:, None] != countries[None, :])
-        & (haversine_km(city_lat[:, None], city_lon[:, None], city_lat[None, :], city_lon[None, :]) > FAR_KM),
+        & (
+            haversine_km_array(city_lat[:, None], city_lon[:, None], city_lat[None, :], city_lon[None, :])
+            > FAR_KM
+        ),
         customer_city=customer_city,
         customer_rate=np.clip(rate, 0.05, 12.0),
         customer_base_amount=rng.lognormal(np.log(35.0), 0.5, n),
