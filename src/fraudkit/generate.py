@@ -19,6 +19,7 @@ from fraudkit.errors import BrokerError, DataError
 from fraudkit.schema import CANONICAL_COLUMNS, SCHEMA_VERSION, Label
 from fraudkit.stream.bounds import RunBounds, StopReason
 from fraudkit.stream.ratelimit import Pacer, bounded_wait, make_pacer
+from fraudkit.timefmt import ms_text, utc_text
 
 if TYPE_CHECKING:
     import pandas
@@ -755,10 +756,6 @@ def run_generate(
 # Rendering (rich is imported lazily: the library never prints, callers render this)
 
 
-def _format_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f} ms"
-
-
 def status_panel(summary: GenerateSummary) -> Any:
     """A rich renderable of a status snapshot or final summary (for live panels and the demo)."""
     from rich.panel import Panel
@@ -778,8 +775,7 @@ def status_panel(summary: GenerateSummary) -> Any:
     table.add_row("rate", f"{rate:,.0f}/s ({target})")
     table.add_row("labels", f"{summary.labels_sent:,} sent, {summary.labels_pending:,} waiting for delay")
     if summary.stream_time_ms is not None:
-        stream_time = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(summary.stream_time_ms / 1000))
-        table.add_row("event time", f"{stream_time} UTC")
+        table.add_row("event time", f"{utc_text(summary.stream_time_ms)} UTC")
     if summary.read_verdicts:
         table.add_row(
             "verdicts",
@@ -789,8 +785,7 @@ def status_panel(summary: GenerateSummary) -> Any:
         latency = summary.latency_ms
         table.add_row(
             "latency",
-            f"p50 {_format_ms(latency['p50'])}  p95 {_format_ms(latency['p95'])}  "
-            f"p99 {_format_ms(latency['p99'])}",
+            f"p50 {ms_text(latency['p50'])}  p95 {ms_text(latency['p95'])}  p99 {ms_text(latency['p99'])}",
         )
         c = summary.confusion
         precision = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else None

@@ -11,7 +11,6 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TextIO
 
@@ -26,6 +25,7 @@ from fraudkit.errors import BrokerError
 from fraudkit.stream import kafka
 from fraudkit.stream.bounds import RunBounds, StopReason
 from fraudkit.textsafe import printable
+from fraudkit.timefmt import SHORT, utc_text
 
 PREVIEW_CHARS = 80
 RATE_WINDOW_S = 5.0
@@ -395,7 +395,7 @@ def _time(ms: Any) -> str:
     if isinstance(ms, bool) or not isinstance(ms, int | float):
         return ""
     try:
-        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%m-%d %H:%M:%S")
+        return utc_text(ms, SHORT)
     except (OverflowError, OSError, ValueError):
         return safe_text(str(ms), 20)
 

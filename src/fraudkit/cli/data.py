@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from fraudkit.cli.app import ConfigOption, SetOption, app, console, load
+from fraudkit.timefmt import utc_text
 
 DatasetOption = Annotated[
     str | None,
@@ -55,7 +56,6 @@ def simulate(
         settings = settings.model_copy(update={"out": settings.out.with_suffix(".csv")})
 
     from fraudkit.data.simulate import simulate_to_file
-    from fraudkit.data.split import format_ms
 
     summary = simulate_to_file(settings)
     table = Table(title=f"simulated {summary.rows:,} transactions", title_justify="left")
@@ -69,7 +69,7 @@ def simulate(
     console.print(table)
     console.print(
         f"{summary.customers:,} customers, {summary.terminals:,} terminals, "
-        f"{format_ms(summary.start_ms)} .. {format_ms(summary.end_ms)} UTC",
+        f"{utc_text(summary.start_ms)} .. {utc_text(summary.end_ms)} UTC",
         soft_wrap=True,
     )
     console.print(
@@ -113,11 +113,11 @@ def split(
         split__train_fraction=train_fraction,
     )
 
-    from fraudkit.data.split import format_ms, run_split
+    from fraudkit.data.split import run_split
 
     report = run_split(cfg, at=at, train_fraction=train_fraction)
     table = Table(
-        title=f"split {report.input_path} ({report.dataset}) at {format_ms(report.boundary_ms)} UTC",
+        title=f"split {report.input_path} ({report.dataset}) at {utc_text(report.boundary_ms)} UTC",
         title_justify="left",
     )
     table.add_column("part", no_wrap=True)
@@ -133,8 +133,8 @@ def split(
             f"{part.rows:,}",
             f"{part.frauds:,}",
             f"{part.fraud_rate:.2%}",
-            format_ms(part.start_ms)[:16],
-            format_ms(part.end_ms)[:16],
+            utc_text(part.start_ms)[:16],
+            utc_text(part.end_ms)[:16],
         )
     console.print(table)
     for part in report.parts:

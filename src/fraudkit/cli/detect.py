@@ -20,6 +20,7 @@ from fraudkit.cli.app import (
     stdout_is_terminal,
 )
 from fraudkit.textsafe import for_terminal, printable
+from fraudkit.timefmt import ms_text
 
 if TYPE_CHECKING:
     from fraudkit.detect.loop import DetectSummary
@@ -155,8 +156,7 @@ def _print_summary(summary: DetectSummary) -> None:
     latency = summary.latency_ms
 
     def ms(name: str) -> str:
-        value = latency.get(name)
-        return "-" if value is None else f"{value:g} ms"
+        return ms_text(latency.get(name), "g")
 
     console.print(
         f"detector {for_terminal(summary.detector)}: {summary.consumed:,} consumed, {summary.verdicts:,} verdicts "

@@ -11,6 +11,7 @@ import typer
 
 from fraudkit.cli.app import ConfigOption, SetOption, app, console, load, stdout_is_terminal
 from fraudkit.textsafe import for_terminal
+from fraudkit.timefmt import utc_text
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -322,12 +323,11 @@ def evaluate(
 
 
 def _eval_report_dict(report: EvalReport) -> dict[str, Any]:
-    from fraudkit.model.train import format_ms
 
     return {
         "data": report.data_path,
-        "from": format_ms(report.from_ms),
-        "to": format_ms(report.to_ms),
+        "from": utc_text(report.from_ms),
+        "to": utc_text(report.to_ms),
         "rows": report.rows,
         "frauds": report.frauds,
         "top_k": report.top_k,
@@ -350,11 +350,9 @@ def _eval_report_dict(report: EvalReport) -> dict[str, Any]:
 def _eval_table(report: EvalReport) -> Table:
     from rich.table import Table
 
-    from fraudkit.model.train import format_ms
-
     title = (
         f"{report.rows:,} transactions ({report.frauds:,} fraud) in "
-        f"[{format_ms(report.from_ms)}, {format_ms(report.to_ms)}), {len(report.days)} days"
+        f"[{utc_text(report.from_ms)}, {utc_text(report.to_ms)}), {len(report.days)} days"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("metric")

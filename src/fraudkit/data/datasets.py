@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fraudkit.config import read_yaml_file
 from fraudkit.errors import ConfigError, DataError
 from fraudkit.schema import CANONICAL_COLUMNS, FILE_COLUMNS, MAX_AMOUNT, MAX_EVENT_MS, MIN_EVENT_MS
+from fraudkit.timefmt import datetime_ms, iso_ms
 
 if TYPE_CHECKING:
     import numpy
@@ -205,15 +206,11 @@ def _load_mapping(name_or_path: str, seen: tuple[str, ...]) -> DatasetMapping:
 
 def _parse_origin(path: Path, value: Any) -> int:
     if isinstance(value, datetime):
-        moment = value
-    else:
-        try:
-            moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ConfigError(f"{path}: timestamp.origin: not an ISO date or time: {value!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        return datetime_ms(value)
+    try:
+        return iso_ms(str(value))
+    except ValueError:
+        raise ConfigError(f"{path}: timestamp.origin: not an ISO date or time: {value!r}") from None
 
 
 # -- error messages ---------------------------------------------------------------------------

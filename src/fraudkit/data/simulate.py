@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -22,6 +21,7 @@ from fraudkit.config import SimulateConfig
 from fraudkit.errors import ConfigError, DataError
 from fraudkit.features.spec import haversine_km_array
 from fraudkit.schema import CANONICAL_COLUMNS, FILE_COLUMNS
+from fraudkit.timefmt import iso_ms
 
 if TYPE_CHECKING:
     import pandas
@@ -648,12 +648,9 @@ class _Simulator:
 def parse_start(value: str) -> int:
     """Epoch ms of a `simulate.start_date` (a date is its UTC midnight; naive times are UTC)."""
     try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return iso_ms(value)
     except ValueError:
         raise ConfigError(f"simulate.start_date: not an ISO date or time: {value!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def simulate_dataset(config: SimulateConfig) -> pandas.DataFrame:

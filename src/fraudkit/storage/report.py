@@ -22,6 +22,7 @@ from fraudkit.config import FraudkitConfig
 from fraudkit.errors import DatabaseError, DataError
 from fraudkit.storage.database import Database, open_database, quote_table
 from fraudkit.textsafe import printable
+from fraudkit.timefmt import DAYS, MINUTES, ms_text, utc_text
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -333,10 +334,7 @@ def build_report(config: FraudkitConfig, options: ReportOptions) -> Report:
 
 
 def _time(ms: int | None, bucket: str = "minute") -> str:
-    if ms is None:
-        return "-"
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%d" if bucket == "day" else "%Y-%m-%d %H:%M")
+    return utc_text(ms, DAYS if bucket == "day" else MINUTES)
 
 
 def _ratio(value: float | None, digits: int = 3) -> str:
@@ -348,7 +346,7 @@ def _percent(part: int, whole: int) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+    return ms_text(value, unit="")  # the column header names the unit
 
 
 def _bar(value: float, peak: float, width: int = 20) -> str:
