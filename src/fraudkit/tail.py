@@ -22,6 +22,7 @@ from rich.text import Text
 
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import BrokerError
+from fraudkit.numfmt import ratio_text
 from fraudkit.stream import kafka
 from fraudkit.stream.bounds import RunBounds, StopReason
 from fraudkit.textsafe import printable
@@ -540,10 +541,6 @@ def _row_style(message: TailMessage) -> str | None:
     return None
 
 
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 class TailView:
     """The live screen: header with per-topic counts and rates, one table per kind, a stats panel."""
 
@@ -607,7 +604,7 @@ class TailView:
         matched = stats.tp + stats.fp + stats.fn + stats.tn
         if matched:
             text.append(
-                f"\nprecision {_ratio(stats.precision)}  recall {_ratio(stats.recall)}  "
+                f"\nprecision {ratio_text(stats.precision)}  recall {ratio_text(stats.recall)}  "
                 f"(matched {matched:,}: TP {stats.tp:,} FP {stats.fp:,} FN {stats.fn:,} TN {stats.tn:,})"
             )
         elif stats.labels:

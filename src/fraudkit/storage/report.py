@@ -20,6 +20,7 @@ from rich.text import Text
 
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import DatabaseError, DataError
+from fraudkit.numfmt import ratio_text
 from fraudkit.storage.database import Database, open_database, quote_table
 from fraudkit.textsafe import printable
 from fraudkit.timefmt import DAYS, MINUTES, ms_text, utc_text
@@ -337,10 +338,6 @@ def _time(ms: int | None, bucket: str = "minute") -> str:
     return utc_text(ms, DAYS if bucket == "day" else MINUTES)
 
 
-def _ratio(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _percent(part: int, whole: int) -> str:
     return f"{100 * part / whole:.2f}%" if whole else "-"
 
@@ -378,7 +375,7 @@ def _entity_table(title: str, rows: list[RiskyEntity], heading: str) -> Table:
             Text(printable(row.entity_id)),
             f"{row.verdicts:,}",
             f"{row.flagged:,}",
-            _ratio(row.max_score),
+            ratio_text(row.max_score),
             f"{row.flagged_amount:,.2f}",
             f"{row.labelled_fraud:,}",
             style="red" if row.labelled_fraud else None,
@@ -435,10 +432,10 @@ def render_report(report: Report, options: ReportOptions | None = None) -> Rende
         f"{quality.fp:,}",
         f"{quality.fn:,}",
         f"{quality.tn:,}",
-        _ratio(quality.precision),
-        _ratio(quality.recall),
-        _ratio(quality.f1),
-        _ratio(report.average_precision()),
+        ratio_text(quality.precision),
+        ratio_text(quality.recall),
+        ratio_text(quality.f1),
+        ratio_text(report.average_precision()),
     )
     parts.append(quality_table)
     if report.by_scenario:
@@ -631,10 +628,10 @@ def render_html(report: Report) -> str:
                     quality.fp,
                     quality.fn,
                     quality.tn,
-                    _ratio(quality.precision),
-                    _ratio(quality.recall),
-                    _ratio(quality.f1),
-                    _ratio(report.average_precision()),
+                    ratio_text(quality.precision),
+                    ratio_text(quality.recall),
+                    ratio_text(quality.f1),
+                    ratio_text(report.average_precision()),
                 )
             ],
         ),
@@ -693,7 +690,7 @@ def render_html(report: Report) -> str:
                         e.entity_id,
                         e.verdicts,
                         e.flagged,
-                        _ratio(e.max_score),
+                        ratio_text(e.max_score),
                         f"{e.flagged_amount:,.2f}",
                         e.labelled_fraud,
                     )

@@ -251,7 +251,8 @@ def wait_for_broker(
         time.sleep(min(delay, remaining))
         delay = min(delay * 2, 2.0)
     raise BrokerError(
-        f"cannot reach Kafka at {config.kafka.bootstrap_servers} ({last_error}; gave up after {timeout_s:g}s)"
+        f"cannot reach Kafka at {config.kafka.bootstrap_servers} ({last_error}; gave up after {timeout_s:g}s)",
+        reason=last_error,
     )
 
 
@@ -260,8 +261,9 @@ def list_topics(config: FraudkitConfig, timeout_s: float = 10.0) -> dict[str, in
     try:
         metadata = make_admin(config).list_topics(timeout=timeout_s)
     except KafkaException as exc:
+        reason = exc.args[0].str()
         raise BrokerError(
-            f"cannot reach Kafka at {config.kafka.bootstrap_servers} ({exc.args[0].str()})"
+            f"cannot reach Kafka at {config.kafka.bootstrap_servers} ({reason})", reason=reason
         ) from None
     return {
         name: len(topic.partitions) for name, topic in metadata.topics.items() if not name.startswith("__")
@@ -305,7 +307,9 @@ def ensure_topics(
         except KafkaException as exc:
             error = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise BrokerError(f"cannot create topic {name!r}: {error.str()}") from None
+                raise BrokerError(
+                    f"cannot create topic {name!r}: {error.str()}", reason=error.str()
+                ) from None
     _wait_for_topics(config, missing, timeout_s)
     return missing
 
