@@ -1,4 +1,7 @@
-"""The typer application, its single error boundary, and options shared by every command."""
+"""The typer application, its single error boundary, and what every command uses (consoles, config loading).
+
+Shared options live in `cli/options.py`.
+"""
 
 from __future__ import annotations
 
@@ -74,41 +77,6 @@ def root(
 ) -> None:
     """fraudkit: simulate, train, detect and retrain live on Kafka, from one terminal."""
     ctx.obj = {"traceback": show_traceback}
-
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="YAML config file (default: $FRAUDKIT_CONFIG, else configs/default.yaml).",
-        show_default=False,
-    ),
-]
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override any setting: --set detect.batch_size=500 (repeatable)."),
-]
-
-
-LogFormatOption = Annotated[
-    str | None,
-    typer.Option(
-        "--log-format",
-        help="Log lines on stderr: text, or json (one object per line) (log.format).",
-        show_default=False,
-    ),
-]
-MetricsPortOption = Annotated[
-    int | None,
-    typer.Option(
-        "--metrics-port",
-        min=0,
-        max=65535,
-        help="Serve /metrics, /healthz and /readyz on this port (metrics.port; 0: off).",
-        show_default=False,
-    ),
-]
 
 
 def event_log(config: FraudkitConfig, component: str, instance_id: str) -> Any:

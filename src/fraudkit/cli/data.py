@@ -8,14 +8,14 @@ from typing import Annotated, Literal
 import typer
 from rich.table import Table
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, console, load
+from fraudkit.cli.app import app, console, load
+from fraudkit.cli.options import ConfigOption, SetOption, dataset_flag, seed_flag
 from fraudkit.timefmt import utc_text
 
 DatasetOption = Annotated[
     str | None,
-    typer.Option(
-        "--dataset",
-        help="Column mapping: fraudkit, creditcard, handbook, or a mapping .yaml (default: data.dataset).",
+    dataset_flag(
+        "Column mapping: fraudkit, creditcard, handbook, or a mapping .yaml (default: data.dataset).",
         show_default=False,
     ),
 ]
@@ -31,7 +31,7 @@ def simulate(
     start_date: Annotated[
         str | None, typer.Option("--start-date", help="First day (UTC), e.g. 2026-01-01.")
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed: same seed, same bytes.")] = None,
+    seed: Annotated[int | None, seed_flag("Random seed: same seed, same bytes.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file.")] = None,
     format: Annotated[
         Literal["parquet", "csv"] | None, typer.Option("--format", help="parquet (default) or csv.")

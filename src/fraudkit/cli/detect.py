@@ -8,16 +8,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fraudkit.cli.app import (
+from fraudkit.cli.app import app, console, event_log, load, stdout_is_terminal
+from fraudkit.cli.options import (
     ConfigOption,
+    FinalJsonOption,
     LogFormatOption,
     MetricsPortOption,
     SetOption,
-    app,
-    console,
-    event_log,
-    load,
-    stdout_is_terminal,
+    batch_size_flag,
+    duration_flag,
+    model_flag,
+    until_idle_flag,
 )
 from fraudkit.textsafe import for_terminal, printable
 from fraudkit.timefmt import ms_text
@@ -32,18 +33,13 @@ LOG_EVERY_S = 5.0
 
 @app.command("detect")
 def detect(
-    model: Annotated[
-        str | None, typer.Option("--model", help="current, a version such as v3, or rules.")
-    ] = None,
-    duration: Annotated[
-        float | None, typer.Option("--duration", help="Stop after this many seconds.")
-    ] = None,
+    model: Annotated[str | None, model_flag("current, a version such as v3, or rules.")] = None,
+    duration: Annotated[float | None, duration_flag()] = None,
     max_transactions: Annotated[
         int | None, typer.Option("--max-transactions", help="Stop after consuming this many messages.")
     ] = None,
     until_idle: Annotated[
-        float | None,
-        typer.Option("--until-idle", help="Stop after this many seconds without a new transaction."),
+        float | None, until_idle_flag("Stop after this many seconds without a new transaction.")
     ] = None,
     exactly_once: Annotated[
         bool | None,
@@ -53,9 +49,7 @@ def detect(
             show_default=False,
         ),
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Messages consumed and scored together.")
-    ] = None,
+    batch_size: Annotated[int | None, batch_size_flag("Messages consumed and scored together.")] = None,
     group_id: Annotated[
         str | None, typer.Option("--group-id", help="Consumer group of the detectors.")
     ] = None,
@@ -69,9 +63,7 @@ def detect(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No live panel: one log line every few seconds.")
     ] = False,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the final summary as one JSON object.")
-    ] = False,
+    json_output: FinalJsonOption = False,
     role: Annotated[
         str | None,
         typer.Option(

@@ -9,16 +9,17 @@ from typing import Annotated, Literal
 
 import typer
 
-from fraudkit.cli.app import (
+from fraudkit.cli.app import app, console, event_log, load, stdout_is_terminal
+from fraudkit.cli.options import (
     ConfigOption,
+    FinalJsonOption,
     LogFormatOption,
     MetricsPortOption,
+    RateOption,
     SetOption,
-    app,
-    console,
-    event_log,
-    load,
-    stdout_is_terminal,
+    dataset_flag,
+    duration_flag,
+    seed_flag,
 )
 from fraudkit.errors import ConfigError
 
@@ -37,22 +38,17 @@ def generate(
         typer.Option("--replay", help="Replay this dataset file in event order (implies --source replay)."),
     ] = None,
     dataset: Annotated[
-        str | None,
-        typer.Option("--dataset", help="Column mapping of the replay file (default: data.dataset)."),
+        str | None, dataset_flag("Column mapping of the replay file (default: data.dataset).")
     ] = None,
-    rate: Annotated[float | None, typer.Option("--rate", help="Transactions per second.")] = None,
+    rate: RateOption = None,
     max_rate: Annotated[bool, typer.Option("--max-rate", help="No rate limit: as fast as possible.")] = False,
     speedup: Annotated[
         float | None,
         typer.Option("--speedup", help="Pace by event time, this many times faster than real time."),
     ] = None,
     count: Annotated[int | None, typer.Option("--count", help="Stop after this many transactions.")] = None,
-    duration: Annotated[
-        float | None, typer.Option("--duration", help="Stop after this many seconds.")
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option("--seed", help="Seed of the simulator and label thinning.")
-    ] = None,
+    duration: Annotated[float | None, duration_flag()] = None,
+    seed: Annotated[int | None, seed_flag("Seed of the simulator and label thinning.")] = None,
     label_delay: Annotated[
         float | None, typer.Option("--label-delay", help="Seconds of event time before a label is published.")
     ] = None,
@@ -68,9 +64,7 @@ def generate(
         float | None,
         typer.Option("--verdict-wait", help="Seconds to wait for outstanding verdicts after producing."),
     ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the final summary as one JSON object.")
-    ] = False,
+    json_output: FinalJsonOption = False,
     log_format: LogFormatOption = None,
     metrics_port: MetricsPortOption = None,
     config: ConfigOption = None,

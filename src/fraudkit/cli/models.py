@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, console, load, stdout_is_terminal
+from fraudkit.cli.app import app, console, load, stdout_is_terminal
+from fraudkit.cli.options import ConfigOption, JsonOption, SetOption, dataset_flag, model_flag, seed_flag
 from fraudkit.textsafe import for_terminal
 from fraudkit.timefmt import utc_text
 
@@ -28,11 +29,8 @@ DataOption = Annotated[
 ]
 DatasetOption = Annotated[
     str | None,
-    typer.Option(
-        "--dataset", help="Column mapping: a name in configs/datasets or a YAML path (default: data.dataset)."
-    ),
+    dataset_flag("Column mapping: a name in configs/datasets or a YAML path (default: data.dataset)."),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -80,7 +78,7 @@ def train(
     epochs: Annotated[
         int | None, typer.Option("--epochs", help="Maximum epochs (early stopping may end sooner).")
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of initialisation and shuffling.")] = None,
+    seed: Annotated[int | None, seed_flag("Seed of initialisation and shuffling.")] = None,
     no_promote: Annotated[
         bool, typer.Option("--no-promote", help="Publish the version without making it current.")
     ] = False,
@@ -246,7 +244,7 @@ def _print_train_report(report: TrainReport, top_k: int) -> None:
 
 @app.command("evaluate")
 def evaluate(
-    model: Annotated[str, typer.Option("--model", help="vN, current or rules.")] = "current",
+    model: Annotated[str, model_flag("vN, current or rules.")] = "current",
     data: DataOption = None,
     dataset: DatasetOption = None,
     from_time: Annotated[
