@@ -92,9 +92,18 @@ def event_log(config: FraudkitConfig, component: str, instance_id: str) -> Any:
 
 
 def load(config_path: Path | None, set_options: list[str] | None = None, **flags: Any) -> FraudkitConfig:
-    """Load config with precedence defaults < YAML < env < --set < explicit flags (dotted keys)."""
+    """Load config with precedence defaults < YAML < env < --set < explicit flags (dotted keys).
+
+    Flags left unset (None) are not overrides; paths pass as text, like the same setting in YAML.
+    """
     overrides = parse_set_options(set_options or [])
-    overrides.update({key.replace("__", "."): value for key, value in flags.items() if value is not None})
+    overrides.update(
+        {
+            key.replace("__", "."): str(value) if isinstance(value, Path) else value
+            for key, value in flags.items()
+            if value is not None
+        }
+    )
     return load_config(config_path, overrides)
 
 

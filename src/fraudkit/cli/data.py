@@ -48,7 +48,7 @@ def simulate(
         simulate__days=days,
         simulate__start_date=start_date,
         simulate__seed=seed,
-        simulate__out=str(out) if out is not None else None,
+        simulate__out=out,
         simulate__format=format,
     )
     settings = cfg.simulate
@@ -107,9 +107,9 @@ def split(
         config,
         set_,
         data__dataset=dataset,
-        data__path=str(input) if input is not None else None,
-        data__history_path=str(history_out) if history_out is not None else None,
-        data__stream_path=str(stream_out) if stream_out is not None else None,
+        data__path=input,
+        data__history_path=history_out,
+        data__stream_path=stream_out,
         split__train_fraction=train_fraction,
     )
 

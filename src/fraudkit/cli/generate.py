@@ -93,7 +93,7 @@ def generate(
         config,
         set_,
         generate__source=source_name,
-        generate__replay_path=str(replay) if replay is not None else None,
+        generate__replay_path=replay,
         data__dataset=dataset,
         generate__rate=rate,
         generate__speedup=speedup,

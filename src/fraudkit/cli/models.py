@@ -92,7 +92,7 @@ def train(
     cfg = load(
         config,
         set_,
-        data__path=str(data) if data is not None else None,
+        data__path=data,
         data__dataset=dataset,
         train__train_from=train_from,
         train__train_to=train_to,
@@ -278,7 +278,7 @@ def evaluate(
     cfg = load(
         config,
         set_,
-        data__path=str(data) if data is not None else None,
+        data__path=data,
         data__dataset=dataset,
         evaluate__top_k=top_k,
     )

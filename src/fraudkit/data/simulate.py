@@ -20,7 +20,7 @@ import numpy as np
 from fraudkit.config import SimulateConfig
 from fraudkit.errors import ConfigError, DataError
 from fraudkit.features.spec import haversine_km_array
-from fraudkit.schema import CANONICAL_COLUMNS, FILE_COLUMNS
+from fraudkit.schema import CANONICAL_COLUMNS, FILE_COLUMNS, TEXT_COLUMNS
 from fraudkit.timefmt import iso_ms
 
 if TYPE_CHECKING:
@@ -689,16 +689,7 @@ def file_table(frame: pandas.DataFrame) -> pyarrow.Table:
     if missing:
         raise DataError(f"not a canonical frame: missing column(s) {', '.join(missing)}")
     extra = [c for c in frame.columns if c not in CANONICAL_COLUMNS]
-    strings = {
-        "transaction_id",
-        "card_id",
-        "customer_id",
-        "terminal_id",
-        "currency",
-        "merchant_category",
-        "country",
-        "fraud_scenario",
-    }
+    strings = set(TEXT_COLUMNS)
     columns: dict[str, pyarrow.Array] = {}
     for name in FILE_COLUMNS:
         if name == "timestamp":

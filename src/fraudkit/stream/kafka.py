@@ -126,6 +126,22 @@ def make_reader(config: FraudkitConfig, **extra: Any) -> Consumer:
     return _create(Consumer, _settings(config, role, _dotted(extra)), config)
 
 
+def read_whole_topic(config: FraudkitConfig, topic: str, client_id: str, offset: int) -> Consumer:
+    """A reader assigned every partition of `topic` at `offset` (OFFSET_BEGINNING or OFFSET_END).
+
+    A topic that does not exist yet gives a reader with no partitions.
+    """
+    reader = make_reader(config, **{"client.id": client_id})
+    try:
+        metadata = reader.list_topics(topic, timeout=10)
+    except KafkaException as exc:
+        reader.close()
+        raise BrokerError(f"cannot read metadata of topic {topic!r}: {exc}") from None
+    partitions = sorted(metadata.topics[topic].partitions) if topic in metadata.topics else []
+    reader.assign([TopicPartition(topic, p, offset) for p in partitions])
+    return reader
+
+
 def make_admin(config: FraudkitConfig) -> AdminClient:
     """An admin client from kafka.common."""
     return _create(AdminClient, dict(config.kafka.common), config)
