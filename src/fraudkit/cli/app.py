@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -105,6 +107,30 @@ def load(config_path: Path | None, set_options: list[str] | None = None, **flags
         }
     )
     return load_config(config_path, overrides)
+
+
+class Every:
+    """`due()` is true at most once per `seconds`, the first time one interval after the start."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.last = clock()
+
+    def due(self) -> bool:
+        """True (and the interval starts again) once `seconds` have passed since the last time."""
+        now = self.clock()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
+def echo_json(data: Any) -> None:
+    """A command's --json output: one compact JSON object on stdout."""
+    import orjson
+
+    typer.echo(orjson.dumps(data).decode())
 
 
 def stdout_is_terminal() -> bool:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fraudkit.cli.app import app, console, err_console, load, stdout_is_terminal
+from fraudkit.cli.app import app, console, echo_json, err_console, load, stdout_is_terminal
 from fraudkit.cli.options import (
     ConfigOption,
     RateOption,
@@ -66,8 +66,6 @@ def demo(
 
             summary = run_demo(cfg, stop_event=stop, on_update=progress)
     if json_output:
-        import orjson
-
-        typer.echo(orjson.dumps(summary.to_dict()).decode())
+        echo_json(summary.to_dict())
     else:
         console.print(summary_table(summary))

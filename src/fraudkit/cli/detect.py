@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fraudkit.cli.app import app, console, event_log, load, stdout_is_terminal
+from fraudkit.cli.app import Every, app, console, echo_json, event_log, load, stdout_is_terminal
 from fraudkit.cli.options import (
     ConfigOption,
     FinalJsonOption,
@@ -127,19 +126,15 @@ def detect(
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 summary = run(on_status=lambda status: live.update(render_panel(status)))
         else:
-            last_line = [time.monotonic()]
+            status_line = Every(LOG_EVERY_S)
 
             def log_status(status: DetectStatus) -> None:
-                now = time.monotonic()
-                if now - last_line[0] >= LOG_EVERY_S:
-                    last_line[0] = now
+                if status_line.due():
                     log.status(format_log_line(status), status_fields(status))
 
             summary = run(on_status=log_status)
     if json_output:
-        import orjson
-
-        typer.echo(orjson.dumps(summary.to_dict()).decode())
+        echo_json(summary.to_dict())
     else:
         _print_summary(summary)
 

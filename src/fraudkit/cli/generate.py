@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
-from fraudkit.cli.app import app, console, event_log, load, stdout_is_terminal
+from fraudkit.cli.app import Every, app, console, echo_json, event_log, load, stdout_is_terminal
 from fraudkit.cli.options import (
     ConfigOption,
     FinalJsonOption,
@@ -113,14 +112,12 @@ def generate(
     instance = process_instance_id()
     log = event_log(cfg, "generate", instance)
     telemetry = GenerateTelemetry(cfg, instance)
-    last_line = [time.monotonic()]
+    status_line = Every(LOG_EVERY_S)
 
     def observe(status: GenerateSummary) -> None:
         telemetry.update(status)
-        now = time.monotonic()
         # JSON logs get a status event every few seconds (text mode keeps its panel or silence).
-        if log.format == "json" and now - last_line[0] >= LOG_EVERY_S:
-            last_line[0] = now
+        if log.format == "json" and status_line.due():
             log.status(f"generate: sent={status.sent} phase={status.phase}", asdict(status))
 
     live_panel = not json_output and stdout_is_terminal()
@@ -139,8 +136,6 @@ def generate(
         else:
             summary = run_generate(cfg, stop, on_status=observe)
     if json_output:
-        import orjson
-
-        typer.echo(orjson.dumps(summary.to_dict()).decode())
+        echo_json(summary.to_dict())
     else:
         console.print(status_panel(summary))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fraudkit.cli.app import app, console, err_console, event_log, load, stdout_is_terminal
+from fraudkit.cli.app import Every, app, console, err_console, event_log, load, stdout_is_terminal
 from fraudkit.cli.options import (
     ConfigOption,
     LogFormatOption,
@@ -75,7 +74,7 @@ def sink(
     instance = process_instance_id()
     log = event_log(cfg, "sink", instance)
     telemetry = SinkTelemetry(cfg, instance)
-    last_line = [time.monotonic()]
+    status_line = Every(LOG_EVERY_S)
 
     def warn(message: str) -> None:
         log(f"warning: {message}")
@@ -86,9 +85,7 @@ def sink(
 
     def progress(summary: SinkSummary) -> None:
         telemetry.batch(summary)
-        now = time.monotonic()
-        if log.format == "json" and now - last_line[0] >= LOG_EVERY_S:
-            last_line[0] = now
+        if log.format == "json" and status_line.due():
             log.status(f"sink: {summary.verdicts} verdicts, {summary.labels} labels", summary.to_dict())
         if status is not None:
             status.update(
