@@ -320,6 +320,8 @@ def test_postgres_missing_database_is_a_clear_error(postgres_url: str, tmp_path:
 def sink_poison(config: FraudkitConfig, backend: Backend) -> None:
     """A NUL in a text field and labelled_ms 1e300 among good verdicts: dead-lettered, never blocking."""
     config = configure(config, backend, dead_letter_table=f"{backend.table}_dead", poll_timeout_s=0.1)
+    # Apache Kafka creates no topic on first produce: the topics exist before anything is sent.
+    kafka.ensure_topics(config, [config.topics.verdicts, config.topics.labels])
     produce_verdicts(config, list(range(50)), labelled={3: 1})
     nul = orjson.dumps({**verdict(900), "country": "F\x00R"})
     nul_reason = orjson.dumps(
