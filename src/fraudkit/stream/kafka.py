@@ -274,16 +274,18 @@ def wait_for_broker(
 
 def list_topics(config: FraudkitConfig, timeout_s: float = 10.0) -> dict[str, int]:
     """Existing topic names with their partition counts (internal topics left out)."""
+    topics = _topic_metadata(config, make_admin(config), timeout_s)
+    return {name: len(topic.partitions) for name, topic in topics.items() if not name.startswith("__")}
+
+
+def _topic_metadata(config: FraudkitConfig, admin: AdminClient, timeout_s: float) -> dict[str, Any]:
     try:
-        metadata = make_admin(config).list_topics(timeout=timeout_s)
+        return dict(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
         reason = exc.args[0].str()
         raise BrokerError(
             f"cannot reach Kafka at {config.kafka.bootstrap_servers} ({reason})", reason=reason
         ) from None
-    return {
-        name: len(topic.partitions) for name, topic in metadata.topics.items() if not name.startswith("__")
-    }
 
 
 def all_topic_names(config: FraudkitConfig) -> list[str]:
@@ -331,13 +333,28 @@ def ensure_topics(
 
 
 def _wait_for_topics(config: FraudkitConfig, names: list[str], timeout_s: float) -> None:
+    """Until every partition of the topics has a leader: Apache Kafka answers "not leader for
+    partition" to watermark and offset requests for a moment after it created a topic."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        existing = list_topics(config, timeout_s)
-        if all(name in existing for name in names):
+    admin = make_admin(config)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        topics = _topic_metadata(config, admin, max(0.1, min(remaining, 5.0)))
+        if all(name in topics and _has_leaders(topics[name]) for name in names):
             return
         time.sleep(0.1)
     raise BrokerError(f"topics {names} were not visible after {timeout_s:g}s")
+
+
+def _has_leaders(topic: Any) -> bool:
+    partitions = topic.partitions.values()
+    return (
+        topic.error is None
+        and bool(partitions)
+        and all(p.leader >= 0 and p.error is None for p in partitions)
+    )
 
 
 def produce(
