@@ -198,6 +198,29 @@ def test_count_is_exact_across_chunks_and_batches(config: FraudkitConfig) -> Non
     chunks = [chunk_from_frame(frame(1500, step_ms=10)) for _ in range(3)]
     summary = gen.run(chunks)
     assert summary.sent == count == len(producer.on(config.topics.transactions))
+    assert summary.stop_reason == "max_messages"
+
+
+def test_a_finite_source_ends_the_run(config: FraudkitConfig) -> None:
+    config = settings(config, rate=None, read_verdicts=False)
+    gen, producer = generator(config)
+    summary = gen.run([chunk_from_frame(frame(700, step_ms=10)) for _ in range(2)])
+    assert summary.stop_reason == "end_of_source"
+    assert summary.sent == 1400 == len(producer.on(config.topics.transactions))
+
+
+def test_a_count_met_exactly_at_the_end_of_a_chunk_stops_there(config: FraudkitConfig) -> None:
+    config = settings(config, rate=None, count=700, read_verdicts=False)
+    gen, _ = generator(config)
+    taken: list[int] = []
+
+    def chunks() -> Any:
+        for index in range(3):
+            taken.append(index)
+            yield chunk_from_frame(frame(700, step_ms=10))
+
+    summary = gen.run(chunks())
+    assert (summary.sent, summary.stop_reason, taken) == (700, "max_messages", [0])
 
 
 def test_stop_event_ends_the_run_and_flushes(config: FraudkitConfig) -> None:
