@@ -50,7 +50,8 @@ def simulate(path: Path, customers: int) -> tuple[int, int, int]:
 def quality(workdir: Path, spark: object) -> bool:
     """Train on the default dataset and evaluate on a held-out window; print the table."""
     from fraudkit.model.evaluate import evaluate_model
-    from fraudkit.model.train import format_ms, train_from_dataset
+    from fraudkit.model.train import train_from_dataset
+    from fraudkit.timefmt import utc_text
 
     data = workdir / "default.parquet"
     rows, frauds, start_ms = simulate(data, 5000)
@@ -60,7 +61,7 @@ def quality(workdir: Path, spark: object) -> bool:
         None,
         {
             "registry.path": str(workdir / "models-quality"),
-            "train.train_to": format_ms(day0 + 55 * DAY_MS),
+            "train.train_to": utc_text(day0 + 55 * DAY_MS),
             "train.valid_days": 14,
         },
         environ={},
@@ -76,7 +77,7 @@ def quality(workdir: Path, spark: object) -> bool:
     )
     k = evaluation.top_k
     table = Table(
-        title=f"held-out [{format_ms(evaluation.from_ms)}, {format_ms(evaluation.to_ms)}): "
+        title=f"held-out [{utc_text(evaluation.from_ms)}, {utc_text(evaluation.to_ms)}): "
         f"{evaluation.rows:,} transactions, {evaluation.frauds:,} frauds",
         title_justify="left",
     )

@@ -6,7 +6,6 @@ import copy
 import os
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ from fraudkit.redact import is_secret_key as is_secret_key
 from fraudkit.redact import mask_secrets as mask_secrets
 from fraudkit.redact import masked
 from fraudkit.schema import MAX_EVENT_MS, MIN_EVENT_MS
+from fraudkit.timefmt import iso_ms
 
 # Older name of mask_secrets, still imported by callers outside the library (tests/conftest.py).
 mask_url = mask_secrets
@@ -142,12 +142,9 @@ class SimulateConfig(Section):
         # Every reader (schema.check_event_time, datasets) accepts 2000-01-01 to 2100-01-01 only:
         # a dataset outside that range would be written and then refused by everything.
         try:
-            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            start_ms = iso_ms(value)
         except ValueError:
             return value  # simulate.parse_start names the format problem
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        start_ms = int(moment.timestamp() * 1000)
         days = info.data.get("days") or 0
         if start_ms < MIN_EVENT_MS or start_ms + days * 86_400_000 > MAX_EVENT_MS:
             raise ValueError(

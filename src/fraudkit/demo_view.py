@@ -10,6 +10,7 @@ from rich.table import Table
 
 from fraudkit.demo import DemoState, DemoSummary
 from fraudkit.textsafe import for_terminal
+from fraudkit.timefmt import ms_text
 
 
 def _reasons(verdict: dict[str, Any]) -> str:
@@ -103,8 +104,7 @@ def summary_table(summary: DemoSummary) -> Table:
         return "-" if value is None else f"{value:.1%}"
 
     def ms(name: str) -> str:
-        value = summary.latency_ms.get(name)
-        return "-" if value is None else f"{value:,.1f} ms"
+        return ms_text(summary.latency_ms.get(name), ",.1f")
 
     table = Table(title="demo summary", title_justify="left", show_header=False)
     table.add_column(style="bold")

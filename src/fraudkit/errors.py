@@ -16,9 +16,17 @@ class ConfigError(FraudkitError):
 
 
 class BrokerError(FraudkitError):
-    """Kafka (or the embedded broker) cannot be reached or refused an operation."""
+    """Kafka (or the embedded broker) cannot be reached or refused an operation.
+
+    `reason` is the cause without fraudkit's wording around it (librdkafka's text where there is
+    one), for callers that report it in their own message; it defaults to the message.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = message if reason is None else reason
 
 
 class ModelError(FraudkitError):
@@ -37,9 +45,3 @@ class DatabaseError(FraudkitError):
     """The SQL database cannot be reached or refused a write."""
 
     exit_code = 6
-
-
-class Interrupted(FraudkitError):
-    """A one-shot command was interrupted by the user (Ctrl-C)."""
-
-    exit_code = 130

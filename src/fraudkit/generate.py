@@ -17,7 +17,9 @@ import orjson
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import BrokerError, DataError
 from fraudkit.schema import CANONICAL_COLUMNS, SCHEMA_VERSION, Label
+from fraudkit.stream.bounds import RunBounds, StopReason
 from fraudkit.stream.ratelimit import Pacer, bounded_wait, make_pacer
+from fraudkit.timefmt import ms_text, utc_text
 
 if TYPE_CHECKING:
     import pandas
@@ -359,7 +361,7 @@ class GenerateSummary:
     duration_s: float = 0.0
     first_event_ms: int | None = None
     stream_time_ms: int | None = None
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data."""
@@ -523,53 +525,50 @@ class Generator:
         """Produce until the source ends, count/duration is reached or stop is set; then flush."""
         self.started = self.clock()
         self.next_status = self.started
-        count_left = self.settings.count
+        bounds = RunBounds(
+            duration_s=self.settings.duration_s, max_messages=self.settings.count, clock=self.clock
+        )
         for chunk in chunks:
             if self.status.phase != "producing":
                 # The clock starts with the first chunk, so the source's start-up is not counted.
                 self.status.phase = "producing"
                 self.started = self.clock()
-            count_left = self._send_chunk(chunk, count_left)
+                bounds.restart()
+            self._send_chunk(chunk, bounds)
             if self.status.stop_reason is not None:
                 break
         if self.status.stop_reason is None:
-            self.status.stop_reason = "stopped" if self.stop.is_set() else "source exhausted"
+            self.status.stop_reason = "stopped" if self.stop.is_set() else "end_of_source"
         self.producing_ended = self.clock()
         self._finish_producing()
         self._wait_for_verdicts()
         self.status.phase = "done"
         return self._snapshot()
 
-    def _send_chunk(self, chunk: Chunk, count_left: int | None) -> int | None:
-        settings = self.settings
+    def _send_chunk(self, chunk: Chunk, bounds: RunBounds) -> None:
         times = chunk.event_time_ms
         row, rows = 0, len(chunk)
-        duration = settings.duration_s
         while row < rows:
             if self.stop.is_set():
                 self.status.stop_reason = "stopped"
-                break
-            if count_left is not None and count_left <= 0:
-                self.status.stop_reason = "count reached"
-                break
+                return
+            reason = bounds.reached()
+            if reason is not None:
+                self.status.stop_reason = reason
+                return
             now = self.clock()
-            if duration is not None and now - self.started >= duration:
-                self.status.stop_reason = "duration reached"
-                break
-            limit = MAX_BATCH if count_left is None else min(MAX_BATCH, count_left)
-            due = self.pacer.due(times, row, limit)
+            due = self.pacer.due(times, row, bounds.remaining_messages(MAX_BATCH))
             if due == 0:
                 self._idle(bounded_wait(self.pacer.wait_s(times, row)))
                 continue
             self._send_rows(chunk, row, due)
             self.pacer.record(due)
             row += due
-            if count_left is not None:
-                count_left -= due
+            bounds.count(due)
             self._serve(now)
-        if count_left is not None and count_left <= 0 and self.status.stop_reason is None:
-            self.status.stop_reason = "count reached"
-        return count_left
+        # The count may end exactly with the chunk: say so rather than wait for the next one.
+        if bounds.remaining_messages(1) == 0:
+            self.status.stop_reason = "max_messages"
 
     def _send_rows(self, chunk: Chunk, start: int, count: int) -> None:
         produced_ms = self.wall_ms()
@@ -839,10 +838,6 @@ def run_generate(
 # Rendering (rich is imported lazily: the library never prints, callers render this)
 
 
-def _format_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f} ms"
-
-
 def status_panel(summary: GenerateSummary) -> Any:
     """A rich renderable of a status snapshot or final summary (for live panels and the demo)."""
     from rich.panel import Panel
@@ -862,8 +857,7 @@ def status_panel(summary: GenerateSummary) -> Any:
     table.add_row("rate", f"{rate:,.0f}/s ({target})")
     table.add_row("labels", f"{summary.labels_sent:,} sent, {summary.labels_pending:,} waiting for delay")
     if summary.stream_time_ms is not None:
-        stream_time = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(summary.stream_time_ms / 1000))
-        table.add_row("event time", f"{stream_time} UTC")
+        table.add_row("event time", f"{utc_text(summary.stream_time_ms)} UTC")
     if summary.read_verdicts:
         table.add_row(
             "verdicts",
@@ -873,8 +867,7 @@ def status_panel(summary: GenerateSummary) -> Any:
         latency = summary.latency_ms
         table.add_row(
             "latency",
-            f"p50 {_format_ms(latency['p50'])}  p95 {_format_ms(latency['p95'])}  "
-            f"p99 {_format_ms(latency['p99'])}",
+            f"p50 {ms_text(latency['p50'])}  p95 {ms_text(latency['p95'])}  p99 {ms_text(latency['p99'])}",
         )
         c = summary.confusion
         precision = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else None

@@ -43,6 +43,17 @@ CANONICAL_COLUMNS = (
 )
 # The fraudkit file layout: the canonical columns with a `timestamp` in place of event_time_ms.
 FILE_COLUMNS = ("transaction_id", "timestamp", *CANONICAL_COLUMNS[2:])
+# The canonical columns that hold text (identifiers and categories).
+TEXT_COLUMNS = (
+    "transaction_id",
+    "card_id",
+    "customer_id",
+    "terminal_id",
+    "currency",
+    "merchant_category",
+    "country",
+    "fraud_scenario",
+)
 
 
 class InvalidMessage(ValueError):

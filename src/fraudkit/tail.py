@@ -11,7 +11,6 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TextIO
 
@@ -23,8 +22,11 @@ from rich.text import Text
 
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import BrokerError
+from fraudkit.numfmt import ratio_text
 from fraudkit.stream import kafka
+from fraudkit.stream.bounds import RunBounds, StopReason
 from fraudkit.textsafe import printable
+from fraudkit.timefmt import SHORT, utc_text
 
 PREVIEW_CHARS = 80
 RATE_WINDOW_S = 5.0
@@ -394,7 +396,7 @@ def _time(ms: Any) -> str:
     if isinstance(ms, bool) or not isinstance(ms, int | float):
         return ""
     try:
-        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%m-%d %H:%M:%S")
+        return utc_text(ms, SHORT)
     except (OverflowError, OSError, ValueError):
         return safe_text(str(ms), 20)
 
@@ -539,10 +541,6 @@ def _row_style(message: TailMessage) -> str | None:
     return None
 
 
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 class TailView:
     """The live screen: header with per-topic counts and rates, one table per kind, a stats panel."""
 
@@ -606,7 +604,7 @@ class TailView:
         matched = stats.tp + stats.fp + stats.fn + stats.tn
         if matched:
             text.append(
-                f"\nprecision {_ratio(stats.precision)}  recall {_ratio(stats.recall)}  "
+                f"\nprecision {ratio_text(stats.precision)}  recall {ratio_text(stats.recall)}  "
                 f"(matched {matched:,}: TP {stats.tp:,} FP {stats.fp:,} FN {stats.fn:,} TN {stats.tn:,})"
             )
         elif stats.labels:
@@ -698,6 +696,8 @@ class Tail:
         self._fetched: set[tuple[str, int]] = set()
         self._skip_below: dict[tuple[str, int], int] = {}
         self._reader: Any = None
+        # --limit counts messages shown, not read: a filter may skip most of what arrives.
+        self.bounds = RunBounds(max_messages=options.limit)
 
     def open(self) -> None:
         """Check the topics exist, read watermarks and assign every partition at its start offset."""
@@ -768,6 +768,7 @@ class Tail:
                 continue
             shown.append(tail_message)
             self.summary.shown += 1
+            self.bounds.count(1)
             self.summary.per_topic[tail_message.topic] += 1
             self.counters[tail_message.topic].shown += 1
         for topic, count in per_topic.items():
@@ -792,16 +793,17 @@ class Tail:
     @property
     def limit_reached(self) -> bool:
         """True once --limit messages were shown."""
-        return self.options.limit is not None and self.summary.shown >= self.options.limit
+        return self.bounds.remaining_messages(1) == 0
 
-    def finished(self) -> str | None:
+    def finished(self) -> StopReason | None:
         """Why reading should stop now, or None."""
         if self.stop.is_set():
-            return "signal"
-        if self.limit_reached:
-            return "limit"
+            return "stopped"
+        reason = self.bounds.reached()
+        if reason is not None:
+            return reason
         if not self.options.follow and self.caught_up:
-            return "end of topics"
+            return "end_of_source"
         return None
 
 

@@ -96,7 +96,7 @@ def configured(config: FraudkitConfig, **generate: Any) -> FraudkitConfig:
 def test_rate_is_held_loosely_and_nothing_is_lost(kafka_config: FraudkitConfig) -> None:
     config = configured(kafka_config, rate=500.0, count=1000)
     summary = run_generate(config, source=[frame(2000)])
-    assert summary.sent == 1000 and summary.stop_reason == "count reached"
+    assert summary.sent == 1000 and summary.stop_reason == "max_messages"
     assert 400 <= summary.rate_per_s <= 600
     assert len(consume_all(config, config.topics.transactions)) == 1000
 
@@ -105,7 +105,7 @@ def test_one_card_stays_on_one_partition_in_order(kafka_config: FraudkitConfig) 
     config = configured(kafka_config, rate=None)
     source = frame(3000)
     summary = run_generate(config, source=[source.iloc[:1700], source.iloc[1700:]])
-    assert summary.sent == 3000 and summary.stop_reason == "source exhausted"
+    assert summary.sent == 3000 and summary.stop_reason == "end_of_source"
     records = consume_all(config, config.topics.transactions)
     assert len(records) == 3000
     by_card: dict[str, list[dict[str, Any]]] = {}
@@ -247,7 +247,7 @@ def test_cli_json_summary_from_the_simulator(kafka_config: FraudkitConfig, tmp_p
     assert summary["source"] == "simulator"
     assert summary["sent"] == 50 and summary["labels_sent"] == 50
     assert summary["verdicts"] == 0 and summary["pending"] == 50
-    assert summary["target_rate"] is None and summary["stop_reason"] == "count reached"
+    assert summary["target_rate"] is None and summary["stop_reason"] == "max_messages"
     assert summary["latency_ms"] == {"p50": None, "p95": None, "p99": None}
     assert summary["confusion"] == {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
     assert summary["duration_s"] >= 0.3 and summary["rate_per_s"] > 0
@@ -264,7 +264,7 @@ def test_replay_keeps_event_order(kafka_config: FraudkitConfig, tmp_path: Path) 
     path = write_dataset(dataset, tmp_path / "stream.parquet", "parquet")
     config = configured(kafka_config, source="replay", replay_path=path, rate=None, label_delay_s=0.0)
     summary = run_generate(config)
-    assert summary.source == "replay" and summary.stop_reason == "source exhausted"
+    assert summary.source == "replay" and summary.stop_reason == "end_of_source"
     assert summary.sent == summary.labels_sent == len(dataset)
     records = consume_all(config, config.topics.transactions)
     assert len(records) == len(dataset)

@@ -170,7 +170,7 @@ def test_latest_shows_only_new_messages_and_stops_on_request(
     assert not thread.is_alive()
     assert lines, "tail never showed a message produced after it started"
     assert all(int(line["value"]["transaction_id"][2:]) >= 100 for line in lines)
-    assert summary_holder[0].stopped_by == "signal"
+    assert summary_holder[0].stopped_by == "stopped"
 
 
 def test_unknown_topic_lists_existing_topics(
@@ -231,7 +231,7 @@ def test_live_screen_capture(kafka_config: FraudkitConfig) -> None:
         ),
         console=console,
     )
-    assert (summary.seen, summary.shown, summary.stopped_by) == (11, 11, "end of topics")
+    assert (summary.seen, summary.shown, summary.stopped_by) == (11, 11, "end_of_source")
     styled = console.export_text(styles=True, clear=False)
     screen = console.export_text()
     final = screen[screen.rindex("seen") - 200 :]

@@ -71,6 +71,20 @@ def test_unreachable_broker_gives_exit_3_quickly() -> None:
     port = free_port()
     config = load_config(None, {"kafka.common.bootstrap.servers": f"127.0.0.1:{port}"}, environ={})
     started = time.monotonic()
-    with pytest.raises(BrokerError, match=rf"cannot reach Kafka at 127.0.0.1:{port} \("):
+    with pytest.raises(BrokerError, match=rf"cannot reach Kafka at 127.0.0.1:{port} \(") as error:
         wait_for_broker(config, timeout_s=1.5)
     assert time.monotonic() - started < 10
+    # The librdkafka cause alone, for callers that word their own message.
+    reason = error.value.reason
+    assert reason and "cannot reach Kafka" not in reason and "gave up after" not in reason
+    assert str(error.value) == f"cannot reach Kafka at 127.0.0.1:{port} ({reason}; gave up after 1.5s)"
+
+
+def test_broker_error_reason_defaults_to_the_message() -> None:
+    assert BrokerError("topic x is gone").reason == "topic x is gone"
+    error = BrokerError("cannot reach Kafka at h:9092 (Connection refused)", reason="Connection refused")
+    assert (str(error), error.reason, error.exit_code) == (
+        "cannot reach Kafka at h:9092 (Connection refused)",
+        "Connection refused",
+        3,
+    )

@@ -176,7 +176,7 @@ def test_generator_holds_the_rate_on_a_fake_clock(config: FraudkitConfig, rate: 
     gen, producer = generator(config, clock)
     summary = gen.run([chunk_from_frame(frame(count, step_ms=10))])
     assert summary.sent == count == len(producer.on(config.topics.transactions))
-    assert summary.stop_reason == "count reached"
+    assert summary.stop_reason == "max_messages"
     # count messages span (count - 1) / rate seconds on the schedule.
     assert summary.producing_s == pytest.approx((count - 1) / rate, rel=0.01)
     assert summary.rate_per_s == pytest.approx(rate, rel=0.01)
@@ -187,7 +187,7 @@ def test_duration_bounds_a_run(config: FraudkitConfig) -> None:
     clock = FakeClock()
     gen, _ = generator(config, clock)
     summary = gen.run([chunk_from_frame(frame(5000, step_ms=10))])
-    assert summary.stop_reason == "duration reached"
+    assert summary.stop_reason == "duration"
     assert 399 <= summary.sent <= 401
 
 
@@ -198,6 +198,29 @@ def test_count_is_exact_across_chunks_and_batches(config: FraudkitConfig) -> Non
     chunks = [chunk_from_frame(frame(1500, step_ms=10)) for _ in range(3)]
     summary = gen.run(chunks)
     assert summary.sent == count == len(producer.on(config.topics.transactions))
+    assert summary.stop_reason == "max_messages"
+
+
+def test_a_finite_source_ends_the_run(config: FraudkitConfig) -> None:
+    config = settings(config, rate=None, read_verdicts=False)
+    gen, producer = generator(config)
+    summary = gen.run([chunk_from_frame(frame(700, step_ms=10)) for _ in range(2)])
+    assert summary.stop_reason == "end_of_source"
+    assert summary.sent == 1400 == len(producer.on(config.topics.transactions))
+
+
+def test_a_count_met_exactly_at_the_end_of_a_chunk_stops_there(config: FraudkitConfig) -> None:
+    config = settings(config, rate=None, count=700, read_verdicts=False)
+    gen, _ = generator(config)
+    taken: list[int] = []
+
+    def chunks() -> Any:
+        for index in range(3):
+            taken.append(index)
+            yield chunk_from_frame(frame(700, step_ms=10))
+
+    summary = gen.run(chunks())
+    assert (summary.sent, summary.stop_reason, taken) == (700, "max_messages", [0])
 
 
 def test_stop_event_ends_the_run_and_flushes(config: FraudkitConfig) -> None:
@@ -382,7 +405,7 @@ def test_latency_percentiles() -> None:
 
 def test_summary_json_and_panel() -> None:
     summary = GenerateSummary(
-        phase="done", sent=10, verdicts=4, target_rate=100.0, stop_reason="count reached"
+        phase="done", sent=10, verdicts=4, target_rate=100.0, stop_reason="max_messages"
     )
     data = summary.to_dict()
     for key in (
@@ -404,7 +427,7 @@ def test_summary_json_and_panel() -> None:
     console = Console(width=100, record=True)
     console.print(status_panel(summary))
     text = console.export_text()
-    assert "count reached" in text and "10" in text
+    assert "max_messages" in text and "10" in text
 
 
 # ---- CLI ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from fraudkit.config import FraudkitConfig
 from fraudkit.errors import BrokerError
 from fraudkit.tail import (
     Kind,
+    Tail,
     TailMessage,
     TailOptions,
     TailStats,
@@ -65,6 +66,9 @@ class FakeMessage:
 
     def timestamp(self) -> tuple[int, int]:
         return (1, 1_770_000_000_000)
+
+    def error(self) -> None:
+        return None
 
 
 def verdict(transaction_id: str, score: float, card: str = "c1") -> dict[str, Any]:
@@ -207,6 +211,50 @@ def test_resolve_topics_by_name_or_alias(config: FraudkitConfig) -> None:
     text = str(error.value)
     assert "unknown topic 'nope'" in text
     assert f"existing topics: {config.topics.labels}, other, {config.topics.verdicts}" in text
+
+
+class FakeReader:
+    def __init__(self, batches: list[list[FakeMessage]]) -> None:
+        self.batches = batches
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        return self.batches.pop(0) if self.batches else []
+
+
+def reading_tail(config: FraudkitConfig, options: TailOptions, batches: list[list[FakeMessage]]) -> Tail:
+    """A Tail past open(): one partition of the verdicts topic, 4 messages long."""
+    topic = config.topics.verdicts
+    tail = Tail(config, options)
+    tail._reader = FakeReader(batches)
+    tail._ends[(topic, 0)] = 4
+    tail._fetched.add((topic, 0))
+    tail.topic_kinds[topic] = Kind.VERDICT
+    tail.counters[topic] = TopicCounter(topic, Kind.VERDICT, 1)
+    tail.summary.per_topic[topic] = 0
+    return tail
+
+
+def test_tail_stops_with_the_shared_stop_reasons(config: FraudkitConfig) -> None:
+    topic = config.topics.verdicts
+    batch = [
+        FakeMessage(topic, orjson.dumps(verdict(f"t{i}", 0.9 if i % 2 else 0.1)), offset=i) for i in range(4)
+    ]
+    limited = reading_tail(config, TailOptions([topic], limit=1, fraud_only=True), [batch])
+    assert limited.finished() is None
+    assert [m.fields["transaction_id"] for m in limited.poll()] == ["t1"]
+    assert (limited.summary.seen, limited.summary.shown, limited.finished()) == (4, 1, "max_messages")
+
+    to_the_end = reading_tail(config, TailOptions([topic], follow=False), [batch[:2], batch[2:]])
+    to_the_end.poll()
+    assert to_the_end.finished() is None
+    to_the_end.poll()
+    assert to_the_end.finished() == "end_of_source"
+
+    following = reading_tail(config, TailOptions([topic]), [batch])
+    following.poll()
+    assert following.finished() is None
+    following.stop.set()
+    assert following.finished() == "stopped"
 
 
 def test_view_renders_one_table_per_kind_with_fraud_rows_styled(config: FraudkitConfig) -> None:

@@ -1,10 +1,15 @@
-"""The typer application, its single error boundary, and options shared by every command."""
+"""The typer application, its single error boundary, and what every command uses (consoles, config loading).
+
+Shared options live in `cli/options.py`.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -76,41 +81,6 @@ def root(
     ctx.obj = {"traceback": show_traceback}
 
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="YAML config file (default: $FRAUDKIT_CONFIG, else configs/default.yaml).",
-        show_default=False,
-    ),
-]
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override any setting: --set detect.batch_size=500 (repeatable)."),
-]
-
-
-LogFormatOption = Annotated[
-    str | None,
-    typer.Option(
-        "--log-format",
-        help="Log lines on stderr: text, or json (one object per line) (log.format).",
-        show_default=False,
-    ),
-]
-MetricsPortOption = Annotated[
-    int | None,
-    typer.Option(
-        "--metrics-port",
-        min=0,
-        max=65535,
-        help="Serve /metrics, /healthz and /readyz on this port (metrics.port; 0: off).",
-        show_default=False,
-    ),
-]
-
-
 def event_log(config: FraudkitConfig, component: str, instance_id: str) -> Any:
     """The command's log writer (log.format): rich text lines on stderr, or JSON lines on stderr."""
     from fraudkit.observability.logs import EventLog
@@ -124,10 +94,43 @@ def event_log(config: FraudkitConfig, component: str, instance_id: str) -> Any:
 
 
 def load(config_path: Path | None, set_options: list[str] | None = None, **flags: Any) -> FraudkitConfig:
-    """Load config with precedence defaults < YAML < env < --set < explicit flags (dotted keys)."""
+    """Load config with precedence defaults < YAML < env < --set < explicit flags (dotted keys).
+
+    Flags left unset (None) are not overrides; paths pass as text, like the same setting in YAML.
+    """
     overrides = parse_set_options(set_options or [])
-    overrides.update({key.replace("__", "."): value for key, value in flags.items() if value is not None})
+    overrides.update(
+        {
+            key.replace("__", "."): str(value) if isinstance(value, Path) else value
+            for key, value in flags.items()
+            if value is not None
+        }
+    )
     return load_config(config_path, overrides)
+
+
+class Every:
+    """`due()` is true at most once per `seconds`, the first time one interval after the start."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.last = clock()
+
+    def due(self) -> bool:
+        """True (and the interval starts again) once `seconds` have passed since the last time."""
+        now = self.clock()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
+def echo_json(data: Any) -> None:
+    """A command's --json output: one compact JSON object on stdout."""
+    import orjson
+
+    typer.echo(orjson.dumps(data).decode())
 
 
 def stdout_is_terminal() -> bool:

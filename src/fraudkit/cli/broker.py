@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, console, load
+from fraudkit.cli.app import app, console, load
+from fraudkit.cli.options import ConfigOption, SetOption
 from fraudkit.stream.broker import (
     KAFKA_VERSION,
     BrokerManager,

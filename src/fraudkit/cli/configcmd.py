@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, load
+from fraudkit.cli.app import app, load
+from fraudkit.cli.options import ConfigOption, SetOption
 from fraudkit.config import dump_yaml
 
 config_app = typer.Typer(help="Inspect the merged configuration.", no_args_is_help=True)

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, err_console, load
+from fraudkit.cli.app import app, err_console, load
+from fraudkit.cli.options import ConfigOption, SetOption, url_flag
 
 
 @app.command("dashboard")
@@ -17,7 +18,7 @@ def dashboard(
     port: Annotated[
         int | None, typer.Option("--port", min=0, max=65535, help="Port (dashboard.port).")
     ] = None,
-    url: Annotated[str | None, typer.Option("--url", help="Database URL of the sink (sink.url).")] = None,
+    url: Annotated[str | None, url_flag("Database URL of the sink (sink.url).")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:

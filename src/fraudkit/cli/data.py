@@ -8,13 +8,14 @@ from typing import Annotated, Literal
 import typer
 from rich.table import Table
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, console, load
+from fraudkit.cli.app import app, console, load
+from fraudkit.cli.options import ConfigOption, SetOption, dataset_flag, seed_flag
+from fraudkit.timefmt import utc_text
 
 DatasetOption = Annotated[
     str | None,
-    typer.Option(
-        "--dataset",
-        help="Column mapping: fraudkit, creditcard, handbook, or a mapping .yaml (default: data.dataset).",
+    dataset_flag(
+        "Column mapping: fraudkit, creditcard, handbook, or a mapping .yaml (default: data.dataset).",
         show_default=False,
     ),
 ]
@@ -30,7 +31,7 @@ def simulate(
     start_date: Annotated[
         str | None, typer.Option("--start-date", help="First day (UTC), e.g. 2026-01-01.")
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed: same seed, same bytes.")] = None,
+    seed: Annotated[int | None, seed_flag("Random seed: same seed, same bytes.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file.")] = None,
     format: Annotated[
         Literal["parquet", "csv"] | None, typer.Option("--format", help="parquet (default) or csv.")
@@ -47,7 +48,7 @@ def simulate(
         simulate__days=days,
         simulate__start_date=start_date,
         simulate__seed=seed,
-        simulate__out=str(out) if out is not None else None,
+        simulate__out=out,
         simulate__format=format,
     )
     settings = cfg.simulate
@@ -55,7 +56,6 @@ def simulate(
         settings = settings.model_copy(update={"out": settings.out.with_suffix(".csv")})
 
     from fraudkit.data.simulate import simulate_to_file
-    from fraudkit.data.split import format_ms
 
     summary = simulate_to_file(settings)
     table = Table(title=f"simulated {summary.rows:,} transactions", title_justify="left")
@@ -69,7 +69,7 @@ def simulate(
     console.print(table)
     console.print(
         f"{summary.customers:,} customers, {summary.terminals:,} terminals, "
-        f"{format_ms(summary.start_ms)} .. {format_ms(summary.end_ms)} UTC",
+        f"{utc_text(summary.start_ms)} .. {utc_text(summary.end_ms)} UTC",
         soft_wrap=True,
     )
     console.print(
@@ -107,17 +107,17 @@ def split(
         config,
         set_,
         data__dataset=dataset,
-        data__path=str(input) if input is not None else None,
-        data__history_path=str(history_out) if history_out is not None else None,
-        data__stream_path=str(stream_out) if stream_out is not None else None,
+        data__path=input,
+        data__history_path=history_out,
+        data__stream_path=stream_out,
         split__train_fraction=train_fraction,
     )
 
-    from fraudkit.data.split import format_ms, run_split
+    from fraudkit.data.split import run_split
 
     report = run_split(cfg, at=at, train_fraction=train_fraction)
     table = Table(
-        title=f"split {report.input_path} ({report.dataset}) at {format_ms(report.boundary_ms)} UTC",
+        title=f"split {report.input_path} ({report.dataset}) at {utc_text(report.boundary_ms)} UTC",
         title_justify="left",
     )
     table.add_column("part", no_wrap=True)
@@ -133,8 +133,8 @@ def split(
             f"{part.rows:,}",
             f"{part.frauds:,}",
             f"{part.fraud_rate:.2%}",
-            format_ms(part.start_ms)[:16],
-            format_ms(part.end_ms)[:16],
+            utc_text(part.start_ms)[:16],
+            utc_text(part.end_ms)[:16],
         )
     console.print(table)
     for part in report.parts:

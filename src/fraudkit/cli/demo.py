@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, console, err_console, load, stdout_is_terminal
+from fraudkit.cli.app import app, console, echo_json, err_console, load, stdout_is_terminal
+from fraudkit.cli.options import (
+    ConfigOption,
+    RateOption,
+    SetOption,
+    SummaryJsonOption,
+    duration_flag,
+    seed_flag,
+)
 from fraudkit.textsafe import printable
 
 # Without a terminal (CI, pipes) the dashboard becomes one progress line this often.
@@ -18,15 +26,12 @@ LOG_EVERY_S = 10.0
 @app.command("demo")
 def demo(
     duration: Annotated[
-        float | None,
-        typer.Option("--duration", help="Seconds of streaming after the first model is trained."),
+        float | None, duration_flag("Seconds of streaming after the first model is trained.")
     ] = None,
-    rate: Annotated[float | None, typer.Option("--rate", help="Transactions per second.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the simulated world.")] = None,
+    rate: RateOption = None,
+    seed: Annotated[int | None, seed_flag("Seed of the simulated world.")] = None,
     workdir: Annotated[Path | None, typer.Option("--workdir", help="Where data and models go.")] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the summary as one JSON object.")
-    ] = False,
+    json_output: SummaryJsonOption = False,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -61,8 +66,6 @@ def demo(
 
             summary = run_demo(cfg, stop_event=stop, on_update=progress)
     if json_output:
-        import orjson
-
-        typer.echo(orjson.dumps(summary.to_dict()).decode())
+        echo_json(summary.to_dict())
     else:
         console.print(summary_table(summary))

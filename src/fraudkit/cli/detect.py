@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import functools
-import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fraudkit.cli.app import (
+from fraudkit.cli.app import Every, app, console, echo_json, event_log, load, stdout_is_terminal
+from fraudkit.cli.options import (
     ConfigOption,
+    FinalJsonOption,
     LogFormatOption,
     MetricsPortOption,
     SetOption,
-    app,
-    console,
-    event_log,
-    load,
-    stdout_is_terminal,
+    batch_size_flag,
+    duration_flag,
+    model_flag,
+    until_idle_flag,
 )
 from fraudkit.textsafe import for_terminal, printable
+from fraudkit.timefmt import ms_text
 
 if TYPE_CHECKING:
     from fraudkit.detect import DetectSummary
@@ -31,18 +32,13 @@ LOG_EVERY_S = 5.0
 
 @app.command("detect")
 def detect(
-    model: Annotated[
-        str | None, typer.Option("--model", help="current, a version such as v3, or rules.")
-    ] = None,
-    duration: Annotated[
-        float | None, typer.Option("--duration", help="Stop after this many seconds.")
-    ] = None,
+    model: Annotated[str | None, model_flag("current, a version such as v3, or rules.")] = None,
+    duration: Annotated[float | None, duration_flag()] = None,
     max_transactions: Annotated[
         int | None, typer.Option("--max-transactions", help="Stop after consuming this many messages.")
     ] = None,
     until_idle: Annotated[
-        float | None,
-        typer.Option("--until-idle", help="Stop after this many seconds without a new transaction."),
+        float | None, until_idle_flag("Stop after this many seconds without a new transaction.")
     ] = None,
     exactly_once: Annotated[
         bool | None,
@@ -52,9 +48,7 @@ def detect(
             show_default=False,
         ),
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Messages consumed and scored together.")
-    ] = None,
+    batch_size: Annotated[int | None, batch_size_flag("Messages consumed and scored together.")] = None,
     group_id: Annotated[
         str | None, typer.Option("--group-id", help="Consumer group of the detectors.")
     ] = None,
@@ -68,9 +62,7 @@ def detect(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No live panel: one log line every few seconds.")
     ] = False,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the final summary as one JSON object.")
-    ] = False,
+    json_output: FinalJsonOption = False,
     role: Annotated[
         str | None,
         typer.Option(
@@ -134,19 +126,15 @@ def detect(
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 summary = run(on_status=lambda status: live.update(render_panel(status)))
         else:
-            last_line = [time.monotonic()]
+            status_line = Every(LOG_EVERY_S)
 
             def log_status(status: DetectStatus) -> None:
-                now = time.monotonic()
-                if now - last_line[0] >= LOG_EVERY_S:
-                    last_line[0] = now
+                if status_line.due():
                     log.status(format_log_line(status), status_fields(status))
 
             summary = run(on_status=log_status)
     if json_output:
-        import orjson
-
-        typer.echo(orjson.dumps(summary.to_dict()).decode())
+        echo_json(summary.to_dict())
     else:
         _print_summary(summary)
 
@@ -155,8 +143,7 @@ def _print_summary(summary: DetectSummary) -> None:
     latency = summary.latency_ms
 
     def ms(name: str) -> str:
-        value = latency.get(name)
-        return "-" if value is None else f"{value:g} ms"
+        return ms_text(latency.get(name), "g")
 
     console.print(
         f"detector {for_terminal(summary.detector)}: {summary.consumed:,} consumed, {summary.verdicts:,} verdicts "

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
-from fraudkit.cli.app import (
+from fraudkit.cli.app import Every, app, console, echo_json, event_log, load, stdout_is_terminal
+from fraudkit.cli.options import (
     ConfigOption,
+    FinalJsonOption,
     LogFormatOption,
     MetricsPortOption,
+    RateOption,
     SetOption,
-    app,
-    console,
-    event_log,
-    load,
-    stdout_is_terminal,
+    dataset_flag,
+    duration_flag,
+    seed_flag,
 )
 from fraudkit.errors import ConfigError
 
@@ -37,22 +37,17 @@ def generate(
         typer.Option("--replay", help="Replay this dataset file in event order (implies --source replay)."),
     ] = None,
     dataset: Annotated[
-        str | None,
-        typer.Option("--dataset", help="Column mapping of the replay file (default: data.dataset)."),
+        str | None, dataset_flag("Column mapping of the replay file (default: data.dataset).")
     ] = None,
-    rate: Annotated[float | None, typer.Option("--rate", help="Transactions per second.")] = None,
+    rate: RateOption = None,
     max_rate: Annotated[bool, typer.Option("--max-rate", help="No rate limit: as fast as possible.")] = False,
     speedup: Annotated[
         float | None,
         typer.Option("--speedup", help="Pace by event time, this many times faster than real time."),
     ] = None,
     count: Annotated[int | None, typer.Option("--count", help="Stop after this many transactions.")] = None,
-    duration: Annotated[
-        float | None, typer.Option("--duration", help="Stop after this many seconds.")
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option("--seed", help="Seed of the simulator and label thinning.")
-    ] = None,
+    duration: Annotated[float | None, duration_flag()] = None,
+    seed: Annotated[int | None, seed_flag("Seed of the simulator and label thinning.")] = None,
     label_delay: Annotated[
         float | None, typer.Option("--label-delay", help="Seconds of event time before a label is published.")
     ] = None,
@@ -68,9 +63,7 @@ def generate(
         float | None,
         typer.Option("--verdict-wait", help="Seconds to wait for outstanding verdicts after producing."),
     ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the final summary as one JSON object.")
-    ] = False,
+    json_output: FinalJsonOption = False,
     log_format: LogFormatOption = None,
     metrics_port: MetricsPortOption = None,
     config: ConfigOption = None,
@@ -99,7 +92,7 @@ def generate(
         config,
         set_,
         generate__source=source_name,
-        generate__replay_path=str(replay) if replay is not None else None,
+        generate__replay_path=replay,
         data__dataset=dataset,
         generate__rate=rate,
         generate__speedup=speedup,
@@ -119,14 +112,12 @@ def generate(
     instance = process_instance_id()
     log = event_log(cfg, "generate", instance)
     telemetry = GenerateTelemetry(cfg, instance)
-    last_line = [time.monotonic()]
+    status_line = Every(LOG_EVERY_S)
 
     def observe(status: GenerateSummary) -> None:
         telemetry.update(status)
-        now = time.monotonic()
         # JSON logs get a status event every few seconds (text mode keeps its panel or silence).
-        if log.format == "json" and now - last_line[0] >= LOG_EVERY_S:
-            last_line[0] = now
+        if log.format == "json" and status_line.due():
             log.status(f"generate: sent={status.sent} phase={status.phase}", asdict(status))
 
     live_panel = not json_output and stdout_is_terminal()
@@ -145,8 +136,6 @@ def generate(
         else:
             summary = run_generate(cfg, stop, on_status=observe, on_log=log)
     if json_output:
-        import orjson
-
-        typer.echo(orjson.dumps(summary.to_dict()).decode())
+        echo_json(summary.to_dict())
     else:
         console.print(status_panel(summary))

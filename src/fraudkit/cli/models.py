@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, console, load, stdout_is_terminal
+from fraudkit.cli.app import app, console, load, stdout_is_terminal
+from fraudkit.cli.options import ConfigOption, JsonOption, SetOption, dataset_flag, model_flag, seed_flag
 from fraudkit.textsafe import for_terminal
+from fraudkit.timefmt import utc_text
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -27,11 +29,8 @@ DataOption = Annotated[
 ]
 DatasetOption = Annotated[
     str | None,
-    typer.Option(
-        "--dataset", help="Column mapping: a name in configs/datasets or a YAML path (default: data.dataset)."
-    ),
+    dataset_flag("Column mapping: a name in configs/datasets or a YAML path (default: data.dataset)."),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -79,7 +78,7 @@ def train(
     epochs: Annotated[
         int | None, typer.Option("--epochs", help="Maximum epochs (early stopping may end sooner).")
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of initialisation and shuffling.")] = None,
+    seed: Annotated[int | None, seed_flag("Seed of initialisation and shuffling.")] = None,
     no_promote: Annotated[
         bool, typer.Option("--no-promote", help="Publish the version without making it current.")
     ] = False,
@@ -93,7 +92,7 @@ def train(
     cfg = load(
         config,
         set_,
-        data__path=str(data) if data is not None else None,
+        data__path=data,
         data__dataset=dataset,
         train__train_from=train_from,
         train__train_to=train_to,
@@ -245,7 +244,7 @@ def _print_train_report(report: TrainReport, top_k: int) -> None:
 
 @app.command("evaluate")
 def evaluate(
-    model: Annotated[str, typer.Option("--model", help="vN, current or rules.")] = "current",
+    model: Annotated[str, model_flag("vN, current or rules.")] = "current",
     data: DataOption = None,
     dataset: DatasetOption = None,
     from_time: Annotated[
@@ -279,7 +278,7 @@ def evaluate(
     cfg = load(
         config,
         set_,
-        data__path=str(data) if data is not None else None,
+        data__path=data,
         data__dataset=dataset,
         evaluate__top_k=top_k,
     )
@@ -322,12 +321,11 @@ def evaluate(
 
 
 def _eval_report_dict(report: EvalReport) -> dict[str, Any]:
-    from fraudkit.model.train import format_ms
 
     return {
         "data": report.data_path,
-        "from": format_ms(report.from_ms),
-        "to": format_ms(report.to_ms),
+        "from": utc_text(report.from_ms),
+        "to": utc_text(report.to_ms),
         "rows": report.rows,
         "frauds": report.frauds,
         "top_k": report.top_k,
@@ -350,11 +348,9 @@ def _eval_report_dict(report: EvalReport) -> dict[str, Any]:
 def _eval_table(report: EvalReport) -> Table:
     from rich.table import Table
 
-    from fraudkit.model.train import format_ms
-
     title = (
         f"{report.rows:,} transactions ({report.frauds:,} fraud) in "
-        f"[{format_ms(report.from_ms)}, {format_ms(report.to_ms)}), {len(report.days)} days"
+        f"[{utc_text(report.from_ms)}, {utc_text(report.to_ms)}), {len(report.days)} days"
     )
     table = Table(title=title, title_justify="left")
     table.add_column("metric")

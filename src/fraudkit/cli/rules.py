@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, console, load
+from fraudkit.cli.app import app, console, load
+from fraudkit.cli.options import ConfigOption, JsonOption, SetOption, model_flag
 
 rules_app = typer.Typer(
     help="Validate, publish and show the rules applied next to the model.", no_args_is_help=True
@@ -17,12 +18,8 @@ app.add_typer(rules_app, name="rules")
 
 FileArgument = Annotated[Path, typer.Argument(help="YAML rule file (docs/rules.md).", show_default=False)]
 ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model", help="Check names against this model's features (default: the configured dataset's)."
-    ),
+    str | None, model_flag("Check names against this model's features (default: the configured dataset's).")
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 
 def _print(text: str) -> None:

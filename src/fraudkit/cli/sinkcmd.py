@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fraudkit.cli.app import (
+from fraudkit.cli.app import Every, app, console, err_console, event_log, load, stdout_is_terminal
+from fraudkit.cli.options import (
     ConfigOption,
     LogFormatOption,
     MetricsPortOption,
     SetOption,
-    app,
-    console,
-    err_console,
-    event_log,
-    load,
-    stdout_is_terminal,
+    SummaryJsonOption,
+    batch_size_flag,
+    duration_flag,
+    json_flag,
+    until_idle_flag,
+    url_flag,
 )
 
 UrlOption = Annotated[
-    str | None,
-    typer.Option("--url", help="Database URL: sqlite:///file.db or postgresql://user:pw@host/db (sink.url)."),
+    str | None, url_flag("Database URL: sqlite:///file.db or postgresql://user:pw@host/db (sink.url).")
 ]
 # JSON logs: one status event this often.
 LOG_EVERY_S = 5.0
@@ -36,27 +35,20 @@ def sink(
     url: UrlOption = None,
     table: TableOption = None,
     until_idle: Annotated[
-        float | None,
-        typer.Option("--until-idle", min=0, help="Stop after this many seconds without a message."),
+        float | None, until_idle_flag("Stop after this many seconds without a message.", min=0)
     ] = None,
     max_messages: Annotated[
         int | None, typer.Option("--max-messages", min=1, help="Stop after this many messages.")
     ] = None,
-    duration: Annotated[
-        float | None, typer.Option("--duration", min=0, help="Stop after this many seconds.")
-    ] = None,
+    duration: Annotated[float | None, duration_flag(min=0)] = None,
     labels: Annotated[
         bool | None,
         typer.Option(
             "--labels/--no-labels", help="Also consume the labels topic (sink.labels).", show_default=False
         ),
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="Rows per transaction.")
-    ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the summary as one JSON object.")
-    ] = False,
+    batch_size: Annotated[int | None, batch_size_flag("Rows per transaction.", min=1)] = None,
+    json_output: SummaryJsonOption = False,
     log_format: LogFormatOption = None,
     metrics_port: MetricsPortOption = None,
     config: ConfigOption = None,
@@ -82,7 +74,7 @@ def sink(
     instance = process_instance_id()
     log = event_log(cfg, "sink", instance)
     telemetry = SinkTelemetry(cfg, instance)
-    last_line = [time.monotonic()]
+    status_line = Every(LOG_EVERY_S)
 
     def warn(message: str) -> None:
         log(f"warning: {message}")
@@ -93,9 +85,7 @@ def sink(
 
     def progress(summary: SinkSummary) -> None:
         telemetry.batch(summary)
-        now = time.monotonic()
-        if log.format == "json" and now - last_line[0] >= LOG_EVERY_S:
-            last_line[0] = now
+        if log.format == "json" and status_line.due():
             log.status(f"sink: {summary.verdicts} verdicts, {summary.labels} labels", summary.to_dict())
         if status is not None:
             status.update(
@@ -145,9 +135,7 @@ def report(
     html: Annotated[
         Path | None, typer.Option("--html", help="Also write one self-contained HTML file with charts.")
     ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the figures as one JSON object.")
-    ] = False,
+    json_output: Annotated[bool, json_flag("Print the figures as one JSON object.")] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:

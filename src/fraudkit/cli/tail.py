@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from fraudkit.cli.app import ConfigOption, SetOption, app, console, err_console, load, stdout_is_terminal
+from fraudkit.cli.app import app, console, err_console, load, stdout_is_terminal
+from fraudkit.cli.options import ConfigOption, SetOption, json_flag
 from fraudkit.errors import ConfigError
 
 
@@ -40,7 +41,7 @@ def tail(
         typer.Option("--min-score", help="Only messages with a score >= X (verdicts, branches)."),
     ] = None,
     json_output: Annotated[
-        bool, typer.Option("--json", help="One JSON object per line (topic, partition, offset, key, value).")
+        bool, json_flag("One JSON object per line (topic, partition, offset, key, value).")
     ] = False,
     follow: Annotated[
         bool, typer.Option("--follow/--no-follow", help="Keep waiting for new messages, or stop at the end.")

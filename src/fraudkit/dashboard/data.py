@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -17,6 +16,7 @@ import orjson
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import ConfigError, DatabaseError
 from fraudkit.storage.database import Database, open_database, quote_table
+from fraudkit.timefmt import iso_ms
 
 MINUTE_MS = 60_000
 FLAGGED = "CASE WHEN decision = 'fraud' THEN 1 ELSE 0 END"
@@ -102,15 +102,12 @@ def parse_time(value: str | None, name: str) -> int | None:
     if value.isdigit():
         return int(value)
     try:
-        parsed = datetime.fromisoformat(value)
+        return iso_ms(value)
     except ValueError:
         raise ConfigError(f"{name}: {value!r} is neither epoch milliseconds nor an ISO date/time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
 
 
-def _ratio(part: int, whole: int) -> float | None:
+def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
@@ -159,7 +156,7 @@ def read_summary(database: Database, filters: Filters, verdict_rows: int, minute
     totals = {
         "verdicts": verdicts,
         "flagged": flagged,
-        "fraud_rate": _ratio(flagged, verdicts),
+        "fraud_rate": _share(flagged, verdicts),
         "labelled": labelled,
         "labelled_fraud": labelled_fraud,
         "first_event_ms": None if row[5] is None else int(row[5]),
@@ -200,8 +197,8 @@ def read_summary(database: Database, filters: Filters, verdict_rows: int, minute
                 "fp": fp,
                 "fn": fn,
                 "tn": tn,
-                "precision": _ratio(tp, tp + fp),
-                "recall": _ratio(tp, tp + fn),
+                "precision": _share(tp, tp + fp),
+                "recall": _share(tp, tp + fn),
             }
         )
     latency = _latency(database, where, params)

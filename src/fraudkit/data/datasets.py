@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fraudkit.config import read_yaml_file
 from fraudkit.errors import ConfigError, DataError
-from fraudkit.schema import CANONICAL_COLUMNS, FILE_COLUMNS, MAX_AMOUNT, MAX_EVENT_MS, MIN_EVENT_MS
+from fraudkit.schema import (
+    CANONICAL_COLUMNS,
+    FILE_COLUMNS,
+    MAX_AMOUNT,
+    MAX_EVENT_MS,
+    MIN_EVENT_MS,
+    TEXT_COLUMNS,
+)
+from fraudkit.timefmt import datetime_ms, iso_ms
 
 if TYPE_CHECKING:
     import numpy
@@ -31,16 +39,7 @@ PROJECT_MAPPINGS = Path("configs") / "datasets"
 # A mapping names the user columns for these fields (the fraudkit file layout).
 FIELDS = FILE_COLUMNS
 REQUIRED_FIELDS = ("timestamp", "amount", "label")
-STRING_FIELDS = (
-    "transaction_id",
-    "card_id",
-    "customer_id",
-    "terminal_id",
-    "currency",
-    "merchant_category",
-    "country",
-    "fraud_scenario",
-)
+STRING_FIELDS = TEXT_COLUMNS
 TIMESTAMP_UNITS = {"datetime": 0.0, "s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
 GENERATED_ID_PREFIX = "row-"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -205,15 +204,11 @@ def _load_mapping(name_or_path: str, seen: tuple[str, ...]) -> DatasetMapping:
 
 def _parse_origin(path: Path, value: Any) -> int:
     if isinstance(value, datetime):
-        moment = value
-    else:
-        try:
-            moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise ConfigError(f"{path}: timestamp.origin: not an ISO date or time: {value!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        return datetime_ms(value)
+    try:
+        return iso_ms(str(value))
+    except ValueError:
+        raise ConfigError(f"{path}: timestamp.origin: not an ISO date or time: {value!r}") from None
 
 
 # -- error messages ---------------------------------------------------------------------------

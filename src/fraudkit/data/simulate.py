@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -20,7 +19,9 @@ import numpy as np
 
 from fraudkit.config import SimulateConfig
 from fraudkit.errors import ConfigError, DataError
-from fraudkit.schema import CANONICAL_COLUMNS, FILE_COLUMNS
+from fraudkit.features.spec import haversine_km_array
+from fraudkit.schema import CANONICAL_COLUMNS, FILE_COLUMNS, TEXT_COLUMNS
+from fraudkit.timefmt import iso_ms
 
 if TYPE_CHECKING:
     import pandas
@@ -126,13 +127,6 @@ _WORLD, _LEGIT, _TRIPS, _LARGE, _TERMINAL_EVENTS, _TERMINAL_FLIPS = range(1, 7)
 _CARD_EVENTS, _CARD_FRAUD, _CARD_TESTING, _TRAVEL = range(7, 11)
 # Days before 1970 are negative; random seeds must not be.
 _DAY_OFFSET = 1_000_000
-
-
-def haversine_km(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
-    """Great-circle distance in km (numpy arrays or floats)."""
-    lat1, lon1, lat2, lon2 = (np.radians(v) for v in (lat1, lon1, lat2, lon2))
-    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * 6371.0 * np.arcsin(np.sqrt(np.minimum(h, 1.0)))
 
 
 def _seed(value: int) -> int:
@@ -288,7 +282,10 @@ def _build_world(config: SimulateConfig) -> _World:
         high_value_terminals=high_value_terminals,
         foreign_cities=countries[:, None] != countries[None, :],
         far_cities=(countries[:, None] != countries[None, :])
-        & (haversine_km(city_lat[:, None], city_lon[:, None], city_lat[None, :], city_lon[None, :]) > FAR_KM),
+        & (
+            haversine_km_array(city_lat[:, None], city_lon[:, None], city_lat[None, :], city_lon[None, :])
+            > FAR_KM
+        ),
         customer_city=customer_city,
         customer_rate=np.clip(rate, 0.05, 12.0),
         customer_base_amount=rng.lognormal(np.log(35.0), 0.5, n),
@@ -651,12 +648,9 @@ class _Simulator:
 def parse_start(value: str) -> int:
     """Epoch ms of a `simulate.start_date` (a date is its UTC midnight; naive times are UTC)."""
     try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return iso_ms(value)
     except ValueError:
         raise ConfigError(f"simulate.start_date: not an ISO date or time: {value!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def simulate_dataset(config: SimulateConfig) -> pandas.DataFrame:
@@ -695,16 +689,7 @@ def file_table(frame: pandas.DataFrame) -> pyarrow.Table:
     if missing:
         raise DataError(f"not a canonical frame: missing column(s) {', '.join(missing)}")
     extra = [c for c in frame.columns if c not in CANONICAL_COLUMNS]
-    strings = {
-        "transaction_id",
-        "card_id",
-        "customer_id",
-        "terminal_id",
-        "currency",
-        "merchant_category",
-        "country",
-        "fraud_scenario",
-    }
+    strings = set(TEXT_COLUMNS)
     columns: dict[str, pyarrow.Array] = {}
     for name in FILE_COLUMNS:
         if name == "timestamp":

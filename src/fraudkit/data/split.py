@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +13,7 @@ from fraudkit.config import FraudkitConfig, SplitConfig
 from fraudkit.data.datasets import DatasetMapping, check_columns, load_mapping, load_spark
 from fraudkit.errors import ConfigError, DataError
 from fraudkit.schema import FILE_COLUMNS
+from fraudkit.timefmt import iso_ms, utc_text
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -64,19 +64,9 @@ class SplitReport:
 def parse_timestamp_ms(value: str, what: str = "--at") -> int:
     """Epoch ms of an ISO date or date-time (naive values are UTC)."""
     try:
-        moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        return iso_ms(str(value))
     except ValueError:
         raise ConfigError(f"{what}: not an ISO date or time: {value!r} (e.g. 2026-03-01T00:00:00)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
-def format_ms(value: int | None) -> str:
-    """An epoch-ms instant as a short UTC text for tables and messages."""
-    if value is None:
-        return "-"
-    return datetime.fromtimestamp(value / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _same_or_inside(a: Path, b: Path) -> bool:
@@ -164,8 +154,8 @@ def split_dataset(
             boundary = first_ms + math.ceil(train_fraction * (last_ms - first_ms))
         if boundary <= first_ms or boundary > last_ms:
             raise DataError(
-                f"{input_path}: splitting at {format_ms(boundary)} leaves a part empty; the data runs "
-                f"from {format_ms(first_ms)} to {format_ms(last_ms)}"
+                f"{input_path}: splitting at {utc_text(boundary)} leaves a part empty; the data runs "
+                f"from {utc_text(first_ms)} to {utc_text(last_ms)}"
             )
 
         in_history = F.col("event_time_ms") < F.lit(boundary)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 import threading
 import time
@@ -136,7 +135,7 @@ def wait_for_kafka(config: FraudkitConfig, log: LogCallback) -> None:
         kafka.wait_for_broker(config, timeout_s=min(FIRST_CONNECT_S, total))
         return
     except BrokerError as exc:
-        last_error = [_reason(exc)]
+        last_error = [exc.reason]
     remaining = deadline - time.monotonic()
     if remaining > 0:
         log(f"waiting for Kafka at {servers} (retrying with backoff, giving up in {remaining:.0f}s)")
@@ -150,16 +149,10 @@ def wait_for_kafka(config: FraudkitConfig, log: LogCallback) -> None:
             log(f"connected to Kafka at {servers}")
             return
         except BrokerError as exc:
-            last_error[0] = _reason(exc)
+            last_error[0] = exc.reason
     raise BrokerError(
         f"cannot reach Kafka at {servers} within kafka.connect_timeout_s={total:g}s (last error: {last_error[0]})"
     )
-
-
-def _reason(error: BrokerError) -> str:
-    """The librdkafka reason inside kafka.wait_for_broker's message."""
-    match = re.search(r"\((.*); gave up after", str(error))
-    return match.group(1) if match else str(error)
 
 
 def _is_rules(model: Scorer) -> bool:

@@ -13,18 +13,16 @@ import numpy as np
 from fraudkit.features.spec import (
     ANGLE_PER_MS,
     DAY_MS,
-    EARTH_RADIUS_KM,
     FOREVER_MS,
-    HALF_RADIANS_PER_DEGREE,
     HOUR_MS,
     MAX_AMOUNT_RATIO,
     MAX_SPEED_KMH,
     MIN_MEAN_FOR_RATIO,
     MIN_TRAVEL_MS,
     NEVER_MS,
-    RADIANS_PER_DEGREE,
     FeatureSpec,
     days_label,
+    haversine_km_array,
     hours_label,
 )
 from fraudkit.schema import Label, Transaction
@@ -392,7 +390,7 @@ class OnlineFeatures:
                 if spec.use_location:
                     lat, lon, last_lat, last_lon = (real(n) for n in ("lat", "lon", "last_lat", "last_lon"))
                     located = has_previous & ~np.isnan(lat + lon + last_lat + last_lon)
-                    distance = _haversine_array(last_lat, last_lon, lat, lon)
+                    distance = haversine_km_array(last_lat, last_lon, lat, lon)
                     speed = np.minimum(
                         distance / (np.maximum(elapsed, MIN_TRAVEL_MS) / HOUR_MS), MAX_SPEED_KMH
                     )
@@ -508,16 +506,6 @@ def _estimate(states: dict[Any, Any], sample: int, measure: Any) -> int:
         if count >= sample:
             break
     return sys.getsizeof(states) + measured * len(states) // count
-
-
-def _haversine_array(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    """haversine_km over arrays (NaN where a coordinate is missing)."""
-    half_dlat = np.sin((lat2 - lat1) * HALF_RADIANS_PER_DEGREE)
-    half_dlon = np.sin((lon2 - lon1) * HALF_RADIANS_PER_DEGREE)
-    a = half_dlat * half_dlat + np.cos(lat1 * RADIANS_PER_DEGREE) * np.cos(lat2 * RADIANS_PER_DEGREE) * (
-        half_dlon * half_dlon
-    )
-    return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
 
 
 def _card_bytes(card: _CardState) -> int:

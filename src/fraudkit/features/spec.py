@@ -253,3 +253,15 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
         half_dlon * half_dlon
     )
     return 2.0 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(a, 1.0)))
+
+
+def haversine_km_array(lat1: Any, lon1: Any, lat2: Any, lon2: Any) -> Any:
+    """haversine_km element-wise over numpy arrays (or pandas Series); NaN where a coordinate is missing."""
+    import numpy as np  # numpy stays out of the spec's import: manifests are read without it
+
+    half_dlat = np.sin((lat2 - lat1) * HALF_RADIANS_PER_DEGREE)
+    half_dlon = np.sin((lon2 - lon1) * HALF_RADIANS_PER_DEGREE)
+    a = half_dlat * half_dlat + np.cos(lat1 * RADIANS_PER_DEGREE) * np.cos(lat2 * RADIANS_PER_DEGREE) * (
+        half_dlon * half_dlon
+    )
+    return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(a, 1.0)))

@@ -24,12 +24,12 @@ from fraudkit.model.train import (
     evaluation_metrics,
     feature_table,
     fit,
-    format_ms,
     parse_time_ms,
     time_range,
     time_windows,
 )
 from fraudkit.rules.language import FrameColumns, RuleSet, backtest_scores
+from fraudkit.timefmt import utc_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -136,7 +136,7 @@ def evaluate_model(
     from_ms = default_from if from_ms is None else from_ms
     to_ms = last_ms + 1 if to_ms is None else to_ms
     if from_ms >= to_ms:
-        raise ConfigError(f"--from {format_ms(from_ms)} is not before --to {format_ms(to_ms)}")
+        raise ConfigError(f"--from {utc_text(from_ms)} is not before --to {utc_text(to_ms)}")
     if from_ms < baseline_windows.valid_to_ms and to_ms > baseline_windows.train_from_ms:
         whose = "the model's" if model_windows is not None else "the logistic regression's"
         notes.append(
@@ -160,8 +160,8 @@ def evaluate_model(
     scored = table.loc[window].reset_index(drop=True)
     if scored.empty:
         raise DataError(
-            f"{data_path}: no rows in [{format_ms(from_ms)}, {format_ms(to_ms)}); the data covers "
-            f"[{format_ms(first_ms)}, {format_ms(last_ms + 1)})"
+            f"{data_path}: no rows in [{utc_text(from_ms)}, {utc_text(to_ms)}); the data covers "
+            f"[{utc_text(first_ms)}, {utc_text(last_ms + 1)})"
         )
     labels = scored["label"].to_numpy(dtype=np.int64)
     if labels.sum() == 0:

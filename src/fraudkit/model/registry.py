@@ -19,10 +19,8 @@ import fcntl
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ import numpy as np
 
 from fraudkit import __version__
 from fraudkit.errors import ModelError
+from fraudkit.files import write_bytes_atomic
 from fraudkit.model.network import (
     MAX_FEATURES,
     LoadedModel,
@@ -147,21 +146,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then os.replace onto `path`."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-
-
 class Registry:
     """The model registry at `path` (created on first publish)."""
 
@@ -257,9 +241,9 @@ class Registry:
         manifest_bytes = json.dumps(jsonable(manifest), indent=2, allow_nan=False).encode() + b"\n"
         checksum = f"{_sha256(weights)}  {WEIGHTS_FILE}\n{_sha256(manifest_bytes)}  {MANIFEST_FILE}\n"
         try:
-            _write_atomic(directory / WEIGHTS_FILE, weights)
-            _write_atomic(directory / MANIFEST_FILE, manifest_bytes)
-            _write_atomic(directory / CHECKSUM_FILE, checksum.encode())
+            write_bytes_atomic(directory / WEIGHTS_FILE, weights)
+            write_bytes_atomic(directory / MANIFEST_FILE, manifest_bytes)
+            write_bytes_atomic(directory / CHECKSUM_FILE, checksum.encode())
         except BaseException as exc:
             # A half-written version must not linger.
             shutil.rmtree(directory, ignore_errors=True)
@@ -444,7 +428,7 @@ class Registry:
     def _write_pointer(self, version: str, previous: builtins.list[str]) -> None:
         data = {"version": version, "previous": previous, "updated_ms": int(time.time() * 1000)}
         try:
-            _write_atomic(self.path / CURRENT_FILE, json.dumps(data, indent=2).encode() + b"\n")
+            write_bytes_atomic(self.path / CURRENT_FILE, json.dumps(data, indent=2).encode() + b"\n")
         except OSError as exc:
             raise ModelError(
                 f"cannot switch {self.path / CURRENT_FILE} to {version}: {exc.strerror or exc}"

@@ -10,7 +10,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -28,6 +27,7 @@ from fraudkit.model.metrics import (
     threshold_for_precision,
 )
 from fraudkit.model.network import LoadedModel, Normalisation, build_mlp, state_to_numpy, torch_threads
+from fraudkit.timefmt import iso_ms, utc_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,19 +46,11 @@ def parse_time_ms(value: str | int | float | None, what: str = "time") -> int | 
     if text.lstrip("-").isdigit():
         return int(text)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return iso_ms(text)
     except ValueError:
         raise ConfigError(
             f"{what}: {text!r} is not a date (2026-01-15), datetime (2026-01-15T06:00) or epoch ms"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
-def format_ms(ms: int) -> str:
-    """An epoch-ms instant as a readable UTC ISO string."""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @dataclass(frozen=True)
@@ -83,7 +75,7 @@ class TimeWindows:
         for name in ("train_from", "train_to", "valid_from", "valid_to"):
             ms = getattr(self, f"{name}_ms")
             data[f"{name}_ms"] = ms
-            data[name] = format_ms(ms)
+            data[name] = utc_text(ms)
         return data
 
     @classmethod
@@ -99,8 +91,8 @@ class TimeWindows:
     def describe(self) -> str:
         """One line for messages."""
         return (
-            f"train [{format_ms(self.train_from_ms)}, {format_ms(self.train_to_ms)}), "
-            f"validation [{format_ms(self.valid_from_ms)}, {format_ms(self.valid_to_ms)})"
+            f"train [{utc_text(self.train_from_ms)}, {utc_text(self.train_to_ms)}), "
+            f"validation [{utc_text(self.valid_from_ms)}, {utc_text(self.valid_to_ms)})"
         )
 
 
@@ -121,7 +113,7 @@ def time_windows(first_ms: int, last_ms: int, train_cfg: TrainConfig, label_dela
     if train_from >= train_to:
         raise DataError(
             f"empty training window: {windows.describe()}; the data covers "
-            f"[{format_ms(first_ms)}, {format_ms(end)}) — set --train-from/--train-to/--valid-days"
+            f"[{utc_text(first_ms)}, {utc_text(end)}) — set --train-from/--train-to/--valid-days"
         )
     return windows
 

@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fraudkit.errors import DataError
+from fraudkit.files import write_atomic, write_bytes_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -267,18 +267,6 @@ class BufferFile:
     rows: int
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 class LabelBuffer:
     """The Parquet chunk files of one feature spec under the shared buffer path."""
 
@@ -340,7 +328,7 @@ class LabelBuffer:
         self.directory.mkdir(parents=True, exist_ok=True)
         if self.spec_dict is not None and not (self.directory / SPEC_FILE).exists():
             spec_bytes = json.dumps(self.spec_dict, indent=2).encode()
-            _write_atomic(self.directory / SPEC_FILE, lambda name: Path(name).write_bytes(spec_bytes))
+            write_bytes_atomic(self.directory / SPEC_FILE, spec_bytes)
         table = block.to_arrow(self.feature_names, self.detector)
         self._sequence += 1
         created_ms = time.time_ns() // 1_000_000
@@ -348,7 +336,7 @@ class LabelBuffer:
             f"{created_ms:013d}-{self._safe_detector}-{self._sequence % 1_000_000:06d}-{len(block)}.parquet"
         )
         path = self.directory / name
-        _write_atomic(path, lambda temporary: pq.write_table(table, temporary, compression="snappy"))
+        write_atomic(path, lambda temporary: pq.write_table(table, temporary, compression="snappy"))
         self.written_rows += len(block)
         self.prune()
         return path

@@ -501,20 +501,12 @@ class RetrainExtension(DetectExtension):
         self.log(("warning: " if self.role == "trainer" else "") + message)
 
     def _open_control_reader(self) -> Consumer:
-        from fraudkit.errors import BrokerError
         from fraudkit.stream import kafka
 
-        topic = self.config.topics.control
-        reader = kafka.make_reader(self.config, **{"client.id": f"fraudkit-control-{self.instance_id}"})
-        try:
-            metadata = reader.list_topics(topic, timeout=10)
-        except kafka.KafkaException as exc:
-            kafka.close_within(reader, self.config.kafka.close_timeout_s, "control-topic reader", self.log)
-            raise BrokerError(f"cannot read metadata of topic {topic!r}: {exc}") from None
-        partitions = sorted(metadata.topics[topic].partitions) if topic in metadata.topics else []
         # From the end: announcements made before this start are already in the registry's `current`.
-        reader.assign([kafka.TopicPartition(topic, p, kafka.OFFSET_END) for p in partitions])
-        return reader
+        return kafka.read_whole_topic(
+            self.config, self.config.topics.control, f"fraudkit-control-{self.instance_id}", kafka.OFFSET_END
+        )
 
     def _poll_control(self) -> None:
         if self._control is None:

@@ -31,6 +31,7 @@ import numpy as np
 
 from fraudkit.config import FraudkitConfig, SparkConfig
 from fraudkit.errors import DataError, FraudkitError
+from fraudkit.files import write_bytes_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -369,9 +370,7 @@ def write_result(job_dir: Path, result: dict[str, Any]) -> None:
     """result.json, written atomically (temporary file, then rename)."""
     from fraudkit.model.registry import jsonable
 
-    temporary = job_dir / f".{RESULT_FILE}.tmp"
-    temporary.write_text(json.dumps(jsonable(result), allow_nan=False))
-    os.replace(temporary, job_dir / RESULT_FILE)
+    write_bytes_atomic(job_dir / RESULT_FILE, json.dumps(jsonable(result), allow_nan=False).encode())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,19 +47,12 @@ import orjson
 import yaml
 
 from fraudkit.errors import ConfigError
-from fraudkit.schema import SCHEMA_VERSION, Transaction
+from fraudkit.schema import SCHEMA_VERSION, TEXT_COLUMNS, Transaction
 
 Action = Literal["flag", "pass", "review"]
 ACTIONS: tuple[str, ...] = ("flag", "pass", "review")
-TEXT_FIELDS = (
-    "transaction_id",
-    "card_id",
-    "customer_id",
-    "terminal_id",
-    "currency",
-    "merchant_category",
-    "country",
-)
+# The transaction's text columns; fraud_scenario is ground truth, which rules never see.
+TEXT_FIELDS = tuple(name for name in TEXT_COLUMNS if name != "fraud_scenario")
 NUMBER_FIELDS = ("amount", "lat", "lon", "event_time_ms")
 RULES_PUBLISHED = "rules_published"
 CONTROL_KEY = "rules"

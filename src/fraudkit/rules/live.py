@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from fraudkit.config import FraudkitConfig
 from fraudkit.detect import DetectContext, DetectExtension
-from fraudkit.errors import BrokerError
 from fraudkit.rules.language import (
     CONTROL_KEY,
     RULES_PUBLISHED,
@@ -64,16 +63,7 @@ def open_control_history(config: FraudkitConfig, client: str) -> Consumer:
     from fraudkit.stream import kafka
 
     kafka.ensure_topics(config, [config.topics.control])
-    topic = config.topics.control
-    reader = kafka.make_reader(config, **{"client.id": client})
-    try:
-        metadata = reader.list_topics(topic, timeout=10)
-    except kafka.KafkaException as exc:
-        reader.close()
-        raise BrokerError(f"cannot read metadata of topic {topic!r}: {exc}") from None
-    partitions = sorted(metadata.topics[topic].partitions) if topic in metadata.topics else []
-    reader.assign([kafka.TopicPartition(topic, p, kafka.OFFSET_BEGINNING) for p in partitions])
-    return reader
+    return kafka.read_whole_topic(config, config.topics.control, client, kafka.OFFSET_BEGINNING)
 
 
 def _announcements(messages: list[Any]) -> list[dict[str, Any]]:

@@ -20,8 +20,10 @@ from rich.text import Text
 
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import DatabaseError, DataError
+from fraudkit.numfmt import ratio_text
 from fraudkit.storage.database import Database, open_database, quote_table
 from fraudkit.textsafe import printable
+from fraudkit.timefmt import DAYS, MINUTES, ms_text, utc_text
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -333,14 +335,7 @@ def build_report(config: FraudkitConfig, options: ReportOptions) -> Report:
 
 
 def _time(ms: int | None, bucket: str = "minute") -> str:
-    if ms is None:
-        return "-"
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%d" if bucket == "day" else "%Y-%m-%d %H:%M")
-
-
-def _ratio(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    return utc_text(ms, DAYS if bucket == "day" else MINUTES)
 
 
 def _percent(part: int, whole: int) -> str:
@@ -348,7 +343,7 @@ def _percent(part: int, whole: int) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+    return ms_text(value, unit="")  # the column header names the unit
 
 
 def _bar(value: float, peak: float, width: int = 20) -> str:
@@ -380,7 +375,7 @@ def _entity_table(title: str, rows: list[RiskyEntity], heading: str) -> Table:
             Text(printable(row.entity_id)),
             f"{row.verdicts:,}",
             f"{row.flagged:,}",
-            _ratio(row.max_score),
+            ratio_text(row.max_score),
             f"{row.flagged_amount:,.2f}",
             f"{row.labelled_fraud:,}",
             style="red" if row.labelled_fraud else None,
@@ -437,10 +432,10 @@ def render_report(report: Report, options: ReportOptions | None = None) -> Rende
         f"{quality.fp:,}",
         f"{quality.fn:,}",
         f"{quality.tn:,}",
-        _ratio(quality.precision),
-        _ratio(quality.recall),
-        _ratio(quality.f1),
-        _ratio(report.average_precision()),
+        ratio_text(quality.precision),
+        ratio_text(quality.recall),
+        ratio_text(quality.f1),
+        ratio_text(report.average_precision()),
     )
     parts.append(quality_table)
     if report.by_scenario:
@@ -633,10 +628,10 @@ def render_html(report: Report) -> str:
                     quality.fp,
                     quality.fn,
                     quality.tn,
-                    _ratio(quality.precision),
-                    _ratio(quality.recall),
-                    _ratio(quality.f1),
-                    _ratio(report.average_precision()),
+                    ratio_text(quality.precision),
+                    ratio_text(quality.recall),
+                    ratio_text(quality.f1),
+                    ratio_text(report.average_precision()),
                 )
             ],
         ),
@@ -695,7 +690,7 @@ def render_html(report: Report) -> str:
                         e.entity_id,
                         e.verdicts,
                         e.flagged,
-                        _ratio(e.max_score),
+                        ratio_text(e.max_score),
                         f"{e.flagged_amount:,.2f}",
                         e.labelled_fraud,
                     )

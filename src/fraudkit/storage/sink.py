@@ -28,6 +28,7 @@ from fraudkit.storage.database import (
     open_database,
 )
 from fraudkit.stream import kafka
+from fraudkit.stream.bounds import RunBounds, StopReason
 
 T = TypeVar("T")
 EventCallback = Callable[[str], None]
@@ -49,6 +50,22 @@ class SinkOptions:
     until_idle_s: float | None = None
     max_messages: int | None = None
     duration_s: float | None = None
+
+    def bounds(self, clock: Callable[[], float] = time.monotonic) -> RunBounds:
+        """The run's bounds, started now; the idle clock waits for the first assignment.
+
+        Until then only the no-assignment deadline of `_check_assignment` applies (an infinite
+        join grace), so a slow group join is an error that names it, never an "idle" stop.
+        """
+        bounds = RunBounds(
+            duration_s=self.duration_s,
+            max_messages=self.max_messages,
+            until_idle_s=self.until_idle_s,
+            join_grace_s=math.inf,
+            clock=clock,
+        )
+        bounds.assigned(False)
+        return bounds
 
 
 @dataclass
@@ -252,8 +269,7 @@ class SinkRunner:
         # Set for the consumer this runner makes: a lost cluster ends the run after connect_timeout_s.
         self.watch: kafka.BrokerWatch | None = None
         self.summary = SinkSummary(database=self.database.url.describe(), table=self.database.table)
-        self._assigned_at: float | None = None
-        self._last_message_at: float | None = None
+        self.bounds = options.bounds()
 
     # -- set-up ----------------------------------------------------------------------------------
     def _topics(self) -> list[str]:
@@ -263,9 +279,9 @@ class SinkRunner:
         return topics
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        now = time.monotonic()
-        if self._assigned_at is None:
-            self._assigned_at = now
+        # Only the first assignment starts the idle clock; a rebalance later is not activity.
+        if not self.bounds.owns_partitions:
+            self.bounds.assigned(True)
 
     def _on_retry(self, exc: DatabaseError, wait: float) -> None:
         self.summary.database_retries += 1
@@ -285,14 +301,15 @@ class SinkRunner:
     def run(self) -> SinkSummary:
         """Consume, write and commit until a bound is reached or stop is set."""
         started = time.monotonic()
+        self.bounds = self.options.bounds()
         consumer = None
         try:
             consumer = self._open()
             if self._consumer is not None:
-                self._assigned_at = time.monotonic()
-            self.summary.stopped_by = self._loop(consumer, started)
+                self.bounds.assigned(True)
+            self.summary.stopped_by = self._loop(consumer)
         except _Stopped:
-            self.summary.stopped_by = "signal"
+            self.summary.stopped_by = "stopped"
         finally:
             self.summary.elapsed_s = time.monotonic() - started
             if consumer is not None:
@@ -303,49 +320,42 @@ class SinkRunner:
             self.database.close()
         return self.summary
 
-    def _bound_reached(self, started: float) -> str | None:
-        now = time.monotonic()
-        options = self.options
-        if options.max_messages is not None and self.summary.messages >= options.max_messages:
-            return "max-messages"
-        if options.duration_s is not None and now - started >= options.duration_s:
-            return "duration"
-        if options.until_idle_s is not None and self._assigned_at is not None:
-            quiet_since = max(self._assigned_at, self._last_message_at or 0.0)
-            if now - quiet_since >= options.until_idle_s:
-                return "until-idle"
-        if options.until_idle_s is not None and self._assigned_at is None:
-            waited = now - started
-            if waited > self.config.kafka.connect_timeout_s + options.until_idle_s:
-                raise BrokerError(
-                    f"consumer group {self.config.sink.group_id} got no partition assignment from "
-                    f"{self.config.kafka.bootstrap_servers} within {waited:.0f}s"
-                )
-        return None
+    def _check_assignment(self) -> None:
+        """BrokerError when --until-idle waited past its deadline for a first partition assignment."""
+        bounds = self.bounds
+        if bounds.until_idle_s is None or bounds.owns_partitions:
+            return
+        waited = bounds.clock() - bounds.started
+        if waited > self.config.kafka.connect_timeout_s + bounds.until_idle_s:
+            raise BrokerError(
+                f"consumer group {self.config.sink.group_id} got no partition assignment from "
+                f"{self.config.kafka.bootstrap_servers} within {waited:.0f}s"
+            )
 
-    def _loop(self, consumer: Any, started: float) -> str:
+    def _loop(self, consumer: Any) -> StopReason:
+        bounds = self.bounds
         batch_size = self.config.sink.batch_size
         timeout = self.config.sink.poll_timeout_s
-        if self.options.until_idle_s is not None:
-            timeout = min(timeout, max(self.options.until_idle_s / 2, 0.05))
+        if bounds.until_idle_s is not None:
+            timeout = min(timeout, max(bounds.until_idle_s / 2, 0.05))
         while not self.stop.is_set():
             if self.on_tick is not None:
-                self.on_tick(self.summary, self._assigned_at is not None)
-            reason = self._bound_reached(started)
+                self.on_tick(self.summary, bounds.owns_partitions)
+            reason = bounds.reached()
             if reason:
                 return reason
             if self.watch is not None:
                 self.watch.check()
-            wanted = batch_size
-            if self.options.max_messages is not None:
-                wanted = min(wanted, self.options.max_messages - self.summary.messages)
+            self._check_assignment()
             try:
-                messages = consumer.consume(num_messages=wanted, timeout=timeout)
+                messages = consumer.consume(
+                    num_messages=bounds.remaining_messages(batch_size), timeout=timeout
+                )
             except kafka.KafkaException as exc:
                 raise BrokerError(f"consuming {', '.join(self._topics())} failed: {exc}") from None
             if messages:
                 self._process(consumer, messages)
-        return "signal"
+        return "stopped"
 
     def _process(self, consumer: Any, messages: Sequence[Any]) -> None:
         verdicts: list[tuple[Any, ...]] = []
@@ -384,7 +394,6 @@ class SinkRunner:
                 dead_letters.append(dead_letter_row(message, str(exc)))
         if not consumed:
             return
-        self._last_message_at = time.monotonic()
         result = WriteResult()
         try:
             if verdicts or labels:
@@ -415,6 +424,7 @@ class SinkRunner:
         self._commit(consumer, offsets, consumed)
         summary = self.summary
         summary.messages += consumed
+        self.bounds.count(consumed)
         summary.verdicts += len(verdicts)
         summary.inserted += result.inserted
         summary.duplicates += result.duplicates

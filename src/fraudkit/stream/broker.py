@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fraudkit.errors import BrokerError
+from fraudkit.files import write_bytes_atomic
 
 if TYPE_CHECKING:
     from fraudkit.config import FraudkitConfig
@@ -762,9 +763,7 @@ class BrokerManager:
             ticks = process_start_ticks(process.pid)
             recorded.append(RecordedProcess(process.pid, tuple(command), ticks if ticks is not None else 0))
         state = BrokerState(engine, tuple(n.port for n in handle.nodes), tuple(recorded), time.time())
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state.to_json()))
-        os.replace(tmp, self.state_path)
+        write_bytes_atomic(self.state_path, json.dumps(state.to_json()).encode())
         return state
 
     def stop(self, timeout_s: float = 20.0) -> BrokerState | None:

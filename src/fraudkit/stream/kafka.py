@@ -136,6 +136,22 @@ def make_reader(config: FraudkitConfig, **extra: Any) -> Consumer:
     return _create(Consumer, _settings(config, role, _dotted(extra)), config)
 
 
+def read_whole_topic(config: FraudkitConfig, topic: str, client_id: str, offset: int) -> Consumer:
+    """A reader assigned every partition of `topic` at `offset` (OFFSET_BEGINNING or OFFSET_END).
+
+    A topic that does not exist yet gives a reader with no partitions.
+    """
+    reader = make_reader(config, **{"client.id": client_id})
+    try:
+        metadata = reader.list_topics(topic, timeout=10)
+    except KafkaException as exc:
+        close_within(reader, config.kafka.close_timeout_s, f"reader of {topic}", KAFKA_LOGGER.warning)
+        raise BrokerError(f"cannot read metadata of topic {topic!r}: {exc}") from None
+    partitions = sorted(metadata.topics[topic].partitions) if topic in metadata.topics else []
+    reader.assign([TopicPartition(topic, p, offset) for p in partitions])
+    return reader
+
+
 def make_admin(config: FraudkitConfig) -> AdminClient:
     """An admin client from kafka.common."""
     return _create(AdminClient, dict(config.kafka.common), config)
@@ -267,21 +283,25 @@ def wait_for_broker(
         time.sleep(min(delay, remaining))
         delay = min(delay * 2, 2.0)
     raise BrokerError(
-        f"cannot reach Kafka at {config.kafka.bootstrap_servers} ({last_error}; gave up after {timeout_s:g}s)"
+        f"cannot reach Kafka at {config.kafka.bootstrap_servers} ({last_error}; gave up after {timeout_s:g}s)",
+        reason=last_error,
     )
 
 
 def list_topics(config: FraudkitConfig, timeout_s: float = 10.0) -> dict[str, int]:
     """Existing topic names with their partition counts (internal topics left out)."""
+    topics = _topic_metadata(config, make_admin(config), timeout_s)
+    return {name: len(topic.partitions) for name, topic in topics.items() if not name.startswith("__")}
+
+
+def _topic_metadata(config: FraudkitConfig, admin: AdminClient, timeout_s: float) -> dict[str, Any]:
     try:
-        metadata = make_admin(config).list_topics(timeout=timeout_s)
+        return dict(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
+        reason = exc.args[0].str()
         raise BrokerError(
-            f"cannot reach Kafka at {config.kafka.bootstrap_servers} ({exc.args[0].str()})"
+            f"cannot reach Kafka at {config.kafka.bootstrap_servers} ({reason})", reason=reason
         ) from None
-    return {
-        name: len(topic.partitions) for name, topic in metadata.topics.items() if not name.startswith("__")
-    }
 
 
 def all_topic_names(config: FraudkitConfig) -> list[str]:
@@ -321,19 +341,36 @@ def ensure_topics(
         except KafkaException as exc:
             error = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise BrokerError(f"cannot create topic {name!r}: {error.str()}") from None
+                raise BrokerError(
+                    f"cannot create topic {name!r}: {error.str()}", reason=error.str()
+                ) from None
     _wait_for_topics(config, missing, timeout_s)
     return missing
 
 
 def _wait_for_topics(config: FraudkitConfig, names: list[str], timeout_s: float) -> None:
+    """Until every partition of the topics has a leader: Apache Kafka answers "not leader for
+    partition" to watermark and offset requests for a moment after it created a topic."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        existing = list_topics(config, timeout_s)
-        if all(name in existing for name in names):
+    admin = make_admin(config)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        topics = _topic_metadata(config, admin, max(0.1, min(remaining, 5.0)))
+        if all(name in topics and _has_leaders(topics[name]) for name in names):
             return
         time.sleep(0.1)
     raise BrokerError(f"topics {names} were not visible after {timeout_s:g}s")
+
+
+def _has_leaders(topic: Any) -> bool:
+    partitions = topic.partitions.values()
+    return (
+        topic.error is None
+        and bool(partitions)
+        and all(p.leader >= 0 and p.error is None for p in partitions)
+    )
 
 
 def produce(

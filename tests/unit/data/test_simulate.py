@@ -17,7 +17,6 @@ from fraudkit.data.simulate import (
     CANONICAL_COLUMNS,
     DAY_MS,
     SCENARIOS,
-    haversine_km,
     parse_start,
     simulate_dataset,
     simulate_to_file,
@@ -25,6 +24,7 @@ from fraudkit.data.simulate import (
     write_dataset,
 )
 from fraudkit.errors import ConfigError
+from fraudkit.features.spec import haversine_km_array
 
 runner = CliRunner()
 START_MS = parse_start("2026-01-01")
@@ -119,7 +119,7 @@ def test_impossible_travel_lands_far_away_soon_after_a_genuine_purchase(busy: pd
     # The first transaction of each episode follows a purchase of the card at home.
     first = travel & previous["fraud_scenario"].eq("")
     assert first.sum() >= 5
-    distance = haversine_km(previous["lat"], previous["lon"], frame["lat"], frame["lon"])[first]
+    distance = haversine_km_array(previous["lat"], previous["lon"], frame["lat"], frame["lon"])[first]
     hours = (frame["event_time_ms"] - previous["event_time_ms"])[first] / 3_600_000
     assert (distance > 3000).all()
     assert (distance / hours > 1000).all()

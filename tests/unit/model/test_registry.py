@@ -186,7 +186,7 @@ def test_current_pointer_is_replaced_atomically(tmp_path: Path, monkeypatch: pyt
     def crash(*args: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("fraudkit.model.registry.os.replace", crash)
+    monkeypatch.setattr("fraudkit.files.os.replace", crash)
     with pytest.raises(ModelError, match=r"cannot switch .*current to v2: disk full"):
         registry.promote("v2")
     monkeypatch.undo()
@@ -207,7 +207,7 @@ def test_a_failed_publish_leaves_no_half_written_version(
             raise OSError(28, "No space left on device")
         real_replace(source, target)
 
-    monkeypatch.setattr("fraudkit.model.registry.os.replace", fail_on_checksum)
+    monkeypatch.setattr("fraudkit.files.os.replace", fail_on_checksum)
     with pytest.raises(ModelError, match=r"cannot write model v2 .*No space left on device"):
         publish(registry, 1)
     monkeypatch.undo()

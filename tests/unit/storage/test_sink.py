@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from fraudkit.cli import app
 from fraudkit.config import FraudkitConfig
-from fraudkit.errors import ConfigError, DatabaseError
+from fraudkit.errors import BrokerError, ConfigError, DatabaseError
 from fraudkit.schema import InvalidMessage
 from fraudkit.storage.database import (
     LABEL_ROW_FIELDS,
@@ -354,7 +354,7 @@ def test_offsets_are_committed_only_after_the_database_commit(config: FraudkitCo
         1,
         1,
     )
-    assert summary.stopped_by == "max-messages" and consumer.closed
+    assert summary.stopped_by == "max_messages" and consumer.closed
     assert rows_of(
         tmp_path / "sink.db", "SELECT transaction_id, label, fraud_scenario FROM fp ORDER BY 1"
     ) == [
@@ -386,7 +386,39 @@ def test_stop_while_the_database_is_down_exits_cleanly(config: FraudkitConfig, t
         database=database,  # type: ignore[arg-type]
         consumer=consumer,
     ).run()
-    assert summary.stopped_by == "signal" and summary.uncommitted == 1 and consumer.commits == []
+    assert summary.stopped_by == "stopped" and summary.uncommitted == 1 and consumer.commits == []
+
+
+def test_until_idle_counts_from_the_first_assignment_and_names_a_missing_one(
+    config: FraudkitConfig, tmp_path: Path
+) -> None:
+    now = [100.0]
+    bounds = SinkOptions(until_idle_s=2.0).bounds(clock=lambda: now[0])
+    now[0] += 3600
+    assert bounds.reached() is None  # no partition yet: waiting is not idleness
+    bounds.assigned(True)
+    now[0] += 1.9
+    assert bounds.reached() is None
+    now[0] += 0.1
+    assert bounds.reached() == "idle"
+
+    cfg = sink_config(config, tmp_path)
+    database = open_database(cfg.sink.url, "fp", "fp_labels")
+    runner_ = SinkRunner(cfg, SinkOptions(until_idle_s=2.0), database=database, consumer=FakeConsumer([]))
+    now[0] = 0.0
+    runner_.bounds = runner_.options.bounds(clock=lambda: now[0])
+    now[0] = cfg.kafka.connect_timeout_s + 2.0
+    runner_._check_assignment()  # exactly at the deadline: still waiting
+    now[0] += 1.0
+    with pytest.raises(BrokerError) as error:
+        runner_._check_assignment()
+    assert str(error.value) == (
+        f"consumer group {cfg.sink.group_id} got no partition assignment from "
+        f"{cfg.kafka.bootstrap_servers} within {cfg.kafka.connect_timeout_s + 3.0:.0f}s"
+    )
+    runner_.bounds.assigned(True)
+    runner_._check_assignment()
+    database.close()
 
 
 def test_unreachable_postgres_exits_6_with_the_password_masked(tmp_path: Path) -> None:
