@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import math
 import queue
 import random
 import threading
@@ -16,6 +15,7 @@ import orjson
 
 from fraudkit.config import FraudkitConfig
 from fraudkit.errors import BrokerError, DataError
+from fraudkit.latency import LatencyHistogram
 from fraudkit.schema import CANONICAL_COLUMNS, SCHEMA_VERSION, Label
 from fraudkit.stream.bounds import RunBounds, StopReason
 from fraudkit.stream.ratelimit import Pacer, bounded_wait, make_pacer
@@ -248,45 +248,6 @@ class LabelScheduler:
 
 # --------------------------------------------------------------------------------------------
 # The client's view of verdicts
-
-
-class LatencyHistogram:
-    """Latencies in ms: exact below one second, three significant digits above; bounded memory."""
-
-    def __init__(self) -> None:
-        self.counts: dict[int, int] = {}
-        self.total = 0
-
-    @staticmethod
-    def _bucket(value_ms: float) -> int:
-        value = max(0, round(value_ms))
-        if value < 1000:
-            return value
-        digits = int(math.log10(value)) + 1
-        step = 10 ** (digits - 3)
-        return (value // step) * step
-
-    def record(self, value_ms: float) -> None:
-        """Add one latency."""
-        bucket = self._bucket(value_ms)
-        self.counts[bucket] = self.counts.get(bucket, 0) + 1
-        self.total += 1
-
-    def percentile(self, q: float) -> float | None:
-        """The q-th percentile (nearest rank), or None without data."""
-        if not self.total:
-            return None
-        rank = max(1, math.ceil(q / 100.0 * self.total))
-        seen = 0
-        for bucket in sorted(self.counts):
-            seen += self.counts[bucket]
-            if seen >= rank:
-                return float(bucket)
-        return float(max(self.counts))
-
-    def summary(self) -> dict[str, float | None]:
-        """p50, p95 and p99."""
-        return {"p50": self.percentile(50), "p95": self.percentile(95), "p99": self.percentile(99)}
 
 
 class VerdictTracker:
@@ -738,7 +699,7 @@ class Generator:
             status.pending = len(tracker.pending)
             status.unmatched = tracker.unmatched
             status.expired = tracker.expired
-            status.latency_ms = tracker.latency.summary()
+            status.latency_ms = tracker.latency.summary(with_max=False)
             status.confusion = dict(tracker.confusion)
         snapshot = GenerateSummary(**asdict(status))
         return snapshot
@@ -893,7 +854,6 @@ __all__ = [
     "GenerateSummary",
     "Generator",
     "LabelScheduler",
-    "LatencyHistogram",
     "VerdictTracker",
     "chunk_from_frame",
     "open_source",

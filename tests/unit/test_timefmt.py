@@ -35,3 +35,20 @@ def test_instants_and_latencies_as_text() -> None:
     assert ms_text(1234.0, "g") == "1234 ms"
     assert ms_text(7.0, unit="") == "7"
     assert ms_text(None) == "-"
+
+
+def test_one_latency_histogram_exact_below_a_minute_and_three_digits_above() -> None:
+    from fraudkit.latency import LatencyHistogram
+
+    histogram = LatencyHistogram(exact_up_to_ms=1000)
+    histogram.add([5, 5, 7, -3])
+    histogram.record(123_456.7)
+    assert histogram.total == 5
+    assert histogram.summary() == {"p50": 5.0, "p95": 123_000.0, "p99": 123_000.0, "max": 123_000.0}
+    assert histogram.percentile(20) == 0.0  # the negative latency counts as 0
+    other = LatencyHistogram(exact_up_to_ms=1000)
+    other.add([999])
+    histogram.merge(other)
+    assert histogram.total == 6 and histogram.percentile(80) == 999.0
+    histogram.reset()
+    assert histogram.summary(with_max=False) == {"p50": None, "p95": None, "p99": None}

@@ -11,7 +11,8 @@ import numpy as np
 
 from fraudkit.detect.holder import ModelHolder
 from fraudkit.detect.settings import DetectSettings, DetectSummary
-from fraudkit.detect.status import DetectStatus, LatencyHistogram, LiveQuality
+from fraudkit.detect.status import DetectStatus, LiveQuality
+from fraudkit.latency import LatencyHistogram
 
 if TYPE_CHECKING:
     from fraudkit.observability.detect_telemetry import DetectTelemetry

@@ -17,57 +17,6 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
 # Latencies are whole milliseconds (both ends are epoch ms); anything slower lands in the last bin.
-MAX_LATENCY_MS = 60_000
-
-
-class LatencyHistogram:
-    """Exact percentiles of integer millisecond latencies in constant memory (one bin per ms)."""
-
-    def __init__(self, max_ms: int = MAX_LATENCY_MS) -> None:
-        self.max_ms = max_ms
-        self.counts = np.zeros(max_ms + 1, dtype=np.int64)
-        self.total = 0
-
-    def add(self, latencies_ms: Sequence[int] | np.ndarray) -> None:
-        """Count a batch of latencies (negative ones, from clock skew, count as 0)."""
-        values = np.asarray(latencies_ms, dtype=np.int64)
-        if values.size == 0:
-            return
-        np.clip(values, 0, self.max_ms, out=values)
-        # bincount over the batch's range only: cheap for the narrow spread of one batch.
-        low = int(values.min())
-        binned = np.bincount(values - low)
-        self.counts[low : low + binned.size] += binned
-        self.total += int(values.size)
-
-    def merge(self, other: LatencyHistogram) -> None:
-        """Add another histogram's counts."""
-        self.counts += other.counts
-        self.total += other.total
-
-    def reset(self) -> None:
-        """Forget everything (used for the panel's recent window)."""
-        self.counts[:] = 0
-        self.total = 0
-
-    def percentile(self, q: float) -> float | None:
-        """The q-th percentile (0-100) in ms: the smallest latency with at least q% at or below it."""
-        if self.total == 0:
-            return None
-        rank = max(1, math.ceil(self.total * q / 100.0))
-        return float(np.searchsorted(np.cumsum(self.counts), rank))
-
-    def summary(self) -> dict[str, float | None]:
-        """p50, p95, p99 and max in ms (None without data)."""
-        if self.total == 0:
-            return {"p50": None, "p95": None, "p99": None, "max": None}
-        cumulative = np.cumsum(self.counts)
-        result: dict[str, float | None] = {}
-        for name, q in (("p50", 50.0), ("p95", 95.0), ("p99", 99.0)):
-            rank = max(1, math.ceil(self.total * q / 100.0))
-            result[name] = float(np.searchsorted(cumulative, rank))
-        result["max"] = float(np.flatnonzero(self.counts)[-1])
-        return result
 
 
 @dataclass

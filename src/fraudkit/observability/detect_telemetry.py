@@ -24,7 +24,8 @@ from fraudkit.observability.health import Health
 
 if TYPE_CHECKING:
     from fraudkit.detect import DetectSummary, ModelHolder
-    from fraudkit.detect.status import DetectStatus, LatencyHistogram
+    from fraudkit.detect.status import DetectStatus
+    from fraudkit.latency import LatencyHistogram
     from fraudkit.schema import Transaction
 
 MAX_REASONS = 32
@@ -214,6 +215,7 @@ class DetectTelemetry(DetectExtension):
                 specs["fraudkit_detect_end_to_end_latency_seconds"],
                 self._latency.counts,
                 prom.LATENCY_BUCKETS_S,
+                self._latency.coarse,
             )
         yield self.scores.add_to(specs["fraudkit_detect_fraud_score"].family())
 

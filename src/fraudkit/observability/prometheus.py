@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -274,15 +274,29 @@ class BulkHistogram:
         return family
 
 
-def latency_family(spec: MetricSpec, counts_ms: np.ndarray, bounds_s: Sequence[float]) -> Any:
-    """A histogram family from whole-millisecond bin counts (fraudkit's LatencyHistogram)."""
+def latency_family(
+    spec: MetricSpec,
+    counts_ms: np.ndarray,
+    bounds_s: Sequence[float],
+    coarse: Mapping[int, int] | None = None,
+) -> Any:
+    """A histogram family from whole-millisecond bin counts and the coarse buckets past them
+    (fraudkit.latency.LatencyHistogram's `counts` and `coarse`)."""
     counts = np.asarray(counts_ms)
+    coarse = coarse or {}
     cumulative = np.cumsum(counts)
     total = float(cumulative[-1]) if cumulative.size else 0.0
     last = counts.size - 1
-    buckets = [(_le(b), float(cumulative[min(last, math.floor(b * 1000))])) for b in bounds_s]
-    buckets.append(("+Inf", total))
+
+    def at_or_below(bound_s: float) -> float:
+        limit_ms = math.floor(bound_s * 1000)
+        exact = float(cumulative[min(last, limit_ms)]) if cumulative.size else 0.0
+        return exact + float(sum(n for value, n in coarse.items() if value <= limit_ms))
+
+    buckets = [(_le(b), at_or_below(b)) for b in bounds_s]
+    buckets.append(("+Inf", total + float(sum(coarse.values()))))
     sum_s = float(np.dot(counts, np.arange(counts.size, dtype=np.float64))) / 1000.0
+    sum_s += sum(value * n for value, n in coarse.items()) / 1000.0
     family = spec.family()
     family.add_metric([], buckets, sum_s)
     return family

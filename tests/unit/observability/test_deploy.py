@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fraudkit.cli import app
 from fraudkit.config import FraudkitConfig, load_config
 from fraudkit.detect import DetectSummary
-from fraudkit.detect.status import DetectStatus, LatencyHistogram, QualityFigures
+from fraudkit.detect.status import DetectStatus, QualityFigures
+from fraudkit.latency import LatencyHistogram
 from fraudkit.observability import prometheus as prom
 from fraudkit.observability.detect_telemetry import DetectTelemetry
 from fraudkit.observability.drift import DriftMonitor, build_reference

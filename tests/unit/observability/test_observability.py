@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fraudkit.config import DriftConfig, FraudkitConfig
 from fraudkit.detect import DetectSummary
-from fraudkit.detect.status import DetectStatus, LatencyHistogram, QualityFigures, format_log_line
+from fraudkit.detect.status import DetectStatus, QualityFigures, format_log_line
+from fraudkit.latency import LatencyHistogram
 from fraudkit.observability import prometheus as prom
 from fraudkit.observability.detect_telemetry import DetectTelemetry, dead_letter_reason
 from fraudkit.observability.drift import DriftMonitor, build_reference, monitor_for, psi
@@ -211,7 +212,7 @@ def test_bulk_histogram_counts_a_batch_into_cumulative_buckets() -> None:
 
 
 def test_latency_histogram_in_milliseconds_becomes_seconds_buckets() -> None:
-    latency = LatencyHistogram(max_ms=100)
+    latency = LatencyHistogram(exact_up_to_ms=100)
     latency.add([3, 5, 20, 100])
     family = prom.latency_family(
         prom.DETECT["fraudkit_detect_end_to_end_latency_seconds"], latency.counts, (0.005, 0.05)
