@@ -39,6 +39,12 @@ class DatabaseError(FraudkitError):
     exit_code = 6
 
 
+class IncompleteRun(FraudkitError):
+    """A run finished but did not keep up: transactions left without a verdict, or the detector fell behind."""
+
+    exit_code = 7
+
+
 class Interrupted(FraudkitError):
     """A one-shot command was interrupted by the user (Ctrl-C)."""
 

@@ -32,7 +32,7 @@ def demo(
 ) -> None:
     """Simulate, split, train, then generate and detect side by side with live retraining."""
     from fraudkit.demo import DemoState, run_demo
-    from fraudkit.demo_view import dashboard, summary_table
+    from fraudkit.demo_view import dashboard, summary_view
     from fraudkit.signals import stop_on_signals
 
     cfg = load(
@@ -42,7 +42,9 @@ def demo(
         if stdout_is_terminal() and not json_output:
             from rich.live import Live
 
-            with Live(console=console, refresh_per_second=4, transient=False) as live:
+            # The whole dashboard from the first frame (empty panels say "waiting"), redrawn in place;
+            # nothing else writes to the terminal meanwhile (Spark's JVM writes to its log file).
+            with Live(dashboard(DemoState()), console=console, refresh_per_second=4, transient=False) as live:
                 summary = run_demo(cfg, stop_event=stop, on_update=lambda s: live.update(dashboard(s)))
         else:
             last_time = [0.0]
@@ -55,6 +57,8 @@ def demo(
                     line = state.stage
                     if state.client is not None:
                         line += f" | sent {state.client.sent:,}, verdicts {state.client.verdicts:,}"
+                    if state.detector is not None and state.detector.lag is not None:
+                        line += f", detector backlog {state.detector.lag:,}"
                     if state.retrain_events:
                         line += f" | retrains: {', '.join(e.get('type', '') for e in state.retrain_events)}"
                     err_console.print(printable(line), markup=False, highlight=False)
@@ -65,4 +69,6 @@ def demo(
 
         typer.echo(orjson.dumps(summary.to_dict()).decode())
     else:
-        console.print(summary_table(summary))
+        console.print(summary_view(summary))
+    # After the figures: a run that left transactions unanswered or fell behind exits with code 7.
+    summary.raise_if_incomplete()
