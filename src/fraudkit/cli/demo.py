@@ -57,8 +57,12 @@ def demo(
                     line = state.stage
                     if state.client is not None:
                         line += f" | sent {state.client.sent:,}, verdicts {state.client.verdicts:,}"
+                    if state.client is not None and state.client.latency_ms.get("p99") is not None:
+                        line += f", client p99 {state.client.latency_ms['p99']:,.0f} ms"
                     if state.detector is not None and state.detector.lag is not None:
                         line += f", detector backlog {state.detector.lag:,}"
+                    if state.detector is not None and state.detector.latency_ms.get("p99") is not None:
+                        line += f", detector p99 {state.detector.latency_ms['p99']:,.0f} ms"
                     if state.retrain_events:
                         line += f" | retrains: {', '.join(e.get('type', '') for e in state.retrain_events)}"
                     err_console.print(printable(line), markup=False, highlight=False)

@@ -48,6 +48,9 @@ LogCallback = Callable[[str], None]
 # Fraud rows are explained (a backward pass); cap the cost of a pathological all-fraud batch.
 MAX_EXPLAINED_PER_BATCH = 500
 EXPIRE_EVERY_S = 5.0
+# An expiry sweep runs in slices of about this much time between batches (OnlineFeatures.expire_step),
+# so a large feature state never stalls the stream for a whole sweep.
+EXPIRE_SLICE_S = 0.002
 # --until-idle waits this much longer while the detector owns no partitions (joining, rebalancing),
 # so a slow group join is not mistaken for an empty topic.
 JOIN_GRACE_S = 10.0
@@ -599,9 +602,14 @@ class _DetectLoop:
                     self._settle(block=False)
                 self._poll_labels()
                 now = time.monotonic()
-                if now >= next_expire and self.clock.now_ms is not None:
-                    self.holder.features.expire(self.clock.now_ms)
+                if (
+                    now >= next_expire
+                    and self.clock.now_ms is not None
+                    and self.holder.features.expire_step(self.clock.now_ms, EXPIRE_SLICE_S)
+                ):
                     next_expire = now + EXPIRE_EVERY_S
+                    # The state that survived the sweep is long-lived: out of the collector's scans.
+                    gc.freeze()
                 if now - self._status_at >= options.status_interval_s:
                     self._emit_status(now)
             self.summary.stopped_because = reason
