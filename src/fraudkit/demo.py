@@ -32,6 +32,8 @@ HISTORY_FRACTION = 0.8
 RECENT_FRAUDS = 8
 # The detector "fell behind" when its backlog held more than this many seconds of traffic at once.
 BEHIND_S = 5.0
+# The detector process must own its partition within this long (start-up, group join).
+DETECTOR_READY_S = 120.0
 StageCallback = Callable[[str], None]
 
 
@@ -198,9 +200,9 @@ def demo_config(config: FraudkitConfig, workdir: Path, seed: int, rate: float) -
         enabled=True,
         role="all",
         buffer_path=str(workdir / "labels"),
-        # about one retraining a minute once labels flow: each one runs Spark on this
-        # machine's cores, so more often would starve the scorer on a laptop
-        every_labels=min(config.retrain.every_labels * 5, int(rate * 60)),
+        # the first retraining about 30 s after labels start to flow, so that its outcome shows
+        # within the run (the retraining process runs niced, on one core: the scorer keeps up)
+        every_labels=min(config.retrain.every_labels * 5, int(rate * 30)),
     )
     overrides = {f"{section}": value for section, value in data.items()}
     return load_config(None, _flatten(overrides), environ={})
@@ -328,17 +330,22 @@ def run_demo(
     workdir = Path(config.demo.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir = workdir / time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
     settings = demo_config(config, run_dir, seed, rate)
     with _broker(settings, state, stage) as settings:
         state.first_model, last_event_ms = prepare(settings, stage)
         if stop.is_set():
             raise FraudkitError("demo interrupted before streaming started")
-        stage(f"streaming at {rate:,.0f} transactions/s for {duration_s:g}s with live retraining")
-        state.streaming_started = time.monotonic()
-        detector = _DetectorProcess(settings, state, on_update)
+        detector = _DetectorProcess(settings, state, on_update, run_dir / "detector.log")
         detector.start()
+        # Transactions sent before the detector owns its partition would wait for its start-up
+        # (torch, the model, the group join): seconds of latency that say nothing about scoring.
+        stage("starting the detector (model, feature state, consumer group)")
+        detector.wait_until_ready(DETECTOR_READY_S, stop)
+        stage(f"streaming at {rate:,.0f} transactions/s for {duration_s:g}s with live retraining")
         verdicts = _FraudVerdictReader(settings, state, detector.stopped)
         verdicts.start()
+        state.streaming_started = time.monotonic()
         generator_stop = threading.Event()
         streaming_deadline = time.monotonic() + max(duration_s, max_streaming_s or duration_s)
 
@@ -384,7 +391,11 @@ class _DetectorProcess:
     """The demo's detector in a process of its own, so it never shares a GIL with the generator."""
 
     def __init__(
-        self, config: FraudkitConfig, state: DemoState, on_update: Callable[[DemoState], None] | None
+        self,
+        config: FraudkitConfig,
+        state: DemoState,
+        on_update: Callable[[DemoState], None] | None,
+        log_path: Path,
     ) -> None:
         import multiprocessing
 
@@ -398,7 +409,7 @@ class _DetectorProcess:
         self.failure: FraudkitError | None = None
         self.process = context.Process(
             target=_detector_main,
-            args=(config.model_dump_json(), self.events, self.stop_event),
+            args=(config.model_dump_json(), self.events, self.stop_event, str(log_path)),
             name="fraudkit-demo-detect",
             daemon=True,
         )
@@ -408,6 +419,24 @@ class _DetectorProcess:
         """Start the process and the thread that turns its reports into dashboard state."""
         self.process.start()
         self.pump.start()
+
+    def wait_until_ready(self, timeout_s: float, stop: threading.Event) -> None:
+        """Return once the detector reports an assigned partition; BrokerError if it never does."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not stop.is_set():
+            status = self.state.detector
+            if status is not None and status.partitions:
+                return
+            if self.failure is not None:
+                raise self.failure
+            if not self.process.is_alive() and not self.pump.is_alive():
+                raise self.failure or FraudkitError(f"the detector exited with code {self.process.exitcode}")
+            time.sleep(0.1)
+        if not stop.is_set():
+            self.stop_and_wait()
+            raise BrokerError(
+                f"the detector owned no partition of the transactions topic after {timeout_s:g}s"
+            )
 
     def _pump(self) -> None:
         import queue
@@ -455,9 +484,18 @@ class _DetectorProcess:
         return self.summary
 
 
-def _detector_main(config_json: str, events: Any, stop: Any) -> None:
-    """Entry point of the demo's detector process: run_detect with live retraining, reporting via a queue."""
+def _detector_main(config_json: str, events: Any, stop: Any, log_path: str) -> None:
+    """Entry point of the demo's detector process: run_detect with live retraining, reporting via a queue.
+
+    Its standard output and error go to log_path: a stray warning written to the terminal would
+    break the dashboard drawn in place there (what matters reaches the parent through the queue).
+    """
+    import os
     import signal
+
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
 
     # Ctrl-C reaches the whole process group; the parent decides when the detector stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
