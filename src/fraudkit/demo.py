@@ -32,6 +32,7 @@ HISTORY_FRACTION = 0.8
 RECENT_FRAUDS = 8
 # The detector "fell behind" when its backlog held more than this many seconds of traffic at once.
 BEHIND_S = 5.0
+REPLAY_CHUNK_ROWS = 2_000
 # The detector process must own its partition within this long (start-up, group join).
 DETECTOR_READY_S = 120.0
 StageCallback = Callable[[str], None]
@@ -264,8 +265,10 @@ def replay_then_simulate(config: FraudkitConfig, after_ms: int) -> Iterator[pand
     from fraudkit.data.simulate import stream_transactions
 
     frame = load_frame(config.data.stream_path, load_mapping("fraudkit"))
-    for start in range(0, len(frame), 20_000):
-        yield frame.iloc[start : start + 20_000]
+    # Small pieces: each is converted in the generator's process while it reads verdicts, and a
+    # big one would hold the interpreter long enough to show up in the measured latency.
+    for start in range(0, len(frame), REPLAY_CHUNK_ROWS):
+        yield frame.iloc[start : start + REPLAY_CHUNK_ROWS]
     day_ms = 86_400_000
     yield from stream_transactions(config.simulate, start_ms=(after_ms // day_ms + 1) * day_ms)
 
