@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python benchmarks/bench_detect.py [--transactions 300000] [--naive 3000]
      [--rate 5000] [--latency-seconds 20] [--memory-customers 5000] [--memory-days 35] [--skip-latency] [--skip-memory]
+     [--profile detect-profile.txt]
 
 Runs every broker-bound phase once per engine (--engines, default kafka,tansu: a fresh local Apache
 Kafka, then a fresh Tansu), each with a temporary registry holding
@@ -15,7 +16,10 @@ an MLP ([64, 32] hidden units, random weights, the full simulator feature spec, 
    schema.decode_transaction, amount rule, produce one (to the fraud/legit branch), commit it.
    Twice: with the detector's guarantee (wait for the produced message's ack, synchronous commit;
    --naive messages) and fire-and-forget (asynchronous commit, no ack wait; 10 x --naive messages).
-   Ratio = 1 / 2, for each.
+   Ratio = 1 / 2, for each (target: at least 4x the fire-and-forget loop).
+   Pass-through: a fresh group consumes the same messages in batches and produces them unchanged
+   (no decode, features, model); the ceiling of any consume -> produce loop on this broker and
+   machine. Ratio = 1 / pass-through (target: at least 0.25).
 3. Latency: the detector runs as a subprocess (`python -m fraudkit detect --json`) while another
    process produces at --rate tx/s (produced_ms stamped at produce time) and this one reads the
    verdicts back. Prints produced → verdict created (the detector's own figure) and produced → verdict
@@ -177,7 +181,42 @@ def naive_detector(config: FraudkitConfig, count: int, guaranteed: bool) -> floa
     return done / elapsed if elapsed > 0 else 0.0
 
 
-def throughput(bootstrap: str, workdir: Path, count: int, naive_count: int) -> None:
+def pass_through(config: FraudkitConfig, count: int) -> float:
+    """The ceiling of any consume -> produce loop: batches in, the same bytes out, no processing.
+
+    A fresh group reads the pre-loaded topic in batches of detect.batch_size and produces every
+    message unchanged to the legit branch (no decode, features, model or encode), serving delivery
+    callbacks between batches and committing asynchronously; the producer is flushed at the end and
+    its time counted. Returns tx/s.
+    """
+    consumer = kafka.make_consumer(config, f"{config.detect.group_id}-pass-through")
+    producer = kafka.make_producer(config)
+    consumer.subscribe([config.topics.transactions])
+    topic = config.topics.legit
+    batch_size = config.detect.batch_size
+    done = 0
+    started: float | None = None
+    while done < count:
+        messages = consumer.consume(batch_size, 1.0)
+        if not messages:
+            continue
+        if started is None:
+            started = time.perf_counter()
+        for message in messages:
+            if message.error() is None:
+                kafka.produce(producer, topic, message.value(), key=message.key())
+                done += 1
+        producer.poll(0)
+        consumer.commit(asynchronous=True)
+    producer.flush(60)
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return done / elapsed if elapsed > 0 else 0.0
+
+
+def throughput(
+    bootstrap: str, workdir: Path, count: int, naive_count: int, profile: Path | None = None
+) -> None:
     config = bench_config(bootstrap, workdir)
     print(f"simulating {count:,} transactions ...", flush=True)
     transactions = simulated_transactions(count)
@@ -190,7 +229,16 @@ def throughput(bootstrap: str, workdir: Path, count: int, naive_count: int) -> N
         flush=True,
     )
 
+    if profile is not None:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.002)
+        profiler.start()
     summary = run_detect(config, max_transactions=len(transactions), until_idle_s=30)
+    if profile is not None:
+        profiler.stop()
+        profile.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+        print(f"profile of the detector pass written to {profile}", flush=True)
     fast = summary.throughput_per_s
     print(
         f"detector (MLP {version}, full features, batches of {config.detect.batch_size}): "
@@ -207,7 +255,13 @@ def throughput(bootstrap: str, workdir: Path, count: int, naive_count: int) -> N
     loose = naive_detector(config, min(naive_count * 10, len(transactions)), guaranteed=False)
     print(
         f"naive detector, fire and forget (produce, asynchronous commit, no delivery guarantee): "
-        f"{loose:,.0f} tx/s -> ratio {fast / loose:.1f}x",
+        f"{loose:,.0f} tx/s -> ratio {fast / loose:.1f}x (target >= 4x)",
+        flush=True,
+    )
+    ceiling = pass_through(config, len(transactions))
+    print(
+        f"pass-through, batches of {config.detect.batch_size} consumed and produced unchanged, no "
+        f"processing: {ceiling:,.0f} tx/s -> detector / pass-through {fast / ceiling:.2f} (target >= 0.25)",
         flush=True,
     )
 
@@ -320,7 +374,10 @@ def latency(bootstrap: str, workdir: Path, rate: float, seconds: float, override
         f"p99 {delivered['p99']} ms, max {delivered['max']} ms"
     )
     if floor.size and delivered["p99"] is not None:
-        print(f"  p99 over the broker-alone p99: {delivered['p99'] / max(np.percentile(floor, 99), 1):.2f}x")
+        print(
+            f"  p99 over the broker-alone p99: "
+            f"{delivered['p99'] / max(np.percentile(floor, 99), 1):.2f}x (target <= 2x)"
+        )
     windows = [line for line in log.lines if "consumed=" in line and "rate=0/s" not in line]
     print("detector status lines (p99 over the interval since the previous line):", *windows, sep="\n  ")
 
@@ -376,6 +433,12 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write a pyinstrument profile of the throughput phase's detector pass to this file",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -398,7 +461,7 @@ def main() -> None:
                     args.skip_throughput,
                     "throughput",
                     lambda bootstrap=bootstrap, workdir=workdir: throughput(
-                        bootstrap, workdir, args.transactions, args.naive
+                        bootstrap, workdir, args.transactions, args.naive, args.profile
                     ),
                 ),
                 (

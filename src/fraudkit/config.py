@@ -105,6 +105,7 @@ class SparkConfig(Section):
     driver_memory: str = "2g"
     shuffle_partitions: int = Field(8, gt=0)
     conf: dict[str, str] = Field(default_factory=dict)
+    log_file: str | None = None
 
 
 class ScenarioRates(Section):

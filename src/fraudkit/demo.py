@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from fraudkit import errors
 from fraudkit.config import FraudkitConfig
-from fraudkit.errors import BrokerError, FraudkitError
+from fraudkit.errors import BrokerError, FraudkitError, IncompleteRun
 
 if TYPE_CHECKING:
     import pandas
@@ -30,6 +30,11 @@ DEMO_TERMINALS = 4000
 DEMO_DAYS = 45
 HISTORY_FRACTION = 0.8
 RECENT_FRAUDS = 8
+# The detector "fell behind" when its backlog held more than this many seconds of traffic at once.
+BEHIND_S = 5.0
+REPLAY_CHUNK_ROWS = 2_000
+# The detector process must own its partition within this long (start-up, group join).
+DETECTOR_READY_S = 120.0
 StageCallback = Callable[[str], None]
 
 
@@ -48,12 +53,26 @@ class DemoState:
     broker_started: bool = False
     first_model: str = ""
     errors: list[str] = field(default_factory=list)
+    streaming_started: float | None = None  # time.monotonic() when the generator started
+    max_lag: int = 0  # the detector's largest backlog (transactions) seen in its status reports
+    max_lag_at_s: float | None = None  # seconds into streaming when it was seen
 
 
 @dataclass
 class DemoSummary:
-    """The closing figures of a demo run."""
+    """The closing figures of a demo run.
 
+    `sent`, `verdicts` and `missing` (sent without a verdict by the end) come first: precision,
+    recall and latency only describe the transactions that were answered. `problems` says in plain
+    words what went wrong (empty when every transaction got its verdict and the detector kept up).
+    """
+
+    sent: int
+    verdicts: int
+    missing: int
+    max_lag: int
+    rate: float
+    problems: list[str]
     transactions: int
     frauds_sent: int
     caught: int
@@ -73,6 +92,33 @@ class DemoSummary:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for --json."""
         return dict(self.__dict__)
+
+    @property
+    def kept_up(self) -> bool:
+        """Every transaction answered and the detector never fell behind."""
+        return not self.problems
+
+    def raise_if_incomplete(self) -> None:
+        """IncompleteRun (exit code 7) naming what went wrong, after the summary has been shown."""
+        if self.problems:
+            raise IncompleteRun("the demo did not keep up: " + "; ".join(self.problems))
+
+
+def demo_problems(sent: int, verdicts: int, max_lag: int, rate: float, lag_at_s: float | None) -> list[str]:
+    """What the closing summary must say first, in plain words (empty when the demo kept up)."""
+    problems = []
+    missing = sent - verdicts
+    if sent and missing > 0:
+        problems.append(
+            f"{missing:,} of {sent:,} transactions ({missing / sent:.1%}) got no verdict before the end"
+        )
+    if rate > 0 and max_lag > rate * BEHIND_S:
+        when = f" {lag_at_s:,.0f}s into streaming" if lag_at_s is not None else ""
+        problems.append(
+            f"the detector fell behind: {max_lag:,} transactions waited unread{when} "
+            f"(about {max_lag / rate:,.0f}s of traffic; the demo allows {BEHIND_S:g}s)"
+        )
+    return problems
 
 
 @contextlib.contextmanager
@@ -135,6 +181,8 @@ def demo_config(config: FraudkitConfig, workdir: Path, seed: int, rate: float) -
         stream_path=str(workdir / "stream.parquet"),
     )
     data["registry"]["path"] = str(workdir / "models")
+    # The Spark JVMs (first training, each live retraining) write their own output here.
+    data["spark"]["log_file"] = str(workdir / "spark.log")
     # One detector on the embedded broker: every fetch there costs partitions x history
     # (docs/scaling.md), and one process gains nothing from more partitions.
     data["topics"].update(transactions_partitions=1, partitions=1)
@@ -153,9 +201,9 @@ def demo_config(config: FraudkitConfig, workdir: Path, seed: int, rate: float) -
         enabled=True,
         role="all",
         buffer_path=str(workdir / "labels"),
-        # about one retraining a minute once labels flow: each one runs Spark on this
-        # machine's cores, so more often would starve the scorer on a laptop
-        every_labels=min(config.retrain.every_labels * 5, int(rate * 60)),
+        # the first retraining about 30 s after labels start to flow, so that its outcome shows
+        # within the run (the retraining process runs niced, on one core: the scorer keeps up)
+        every_labels=min(config.retrain.every_labels * 5, int(rate * 30)),
     )
     overrides = {f"{section}": value for section, value in data.items()}
     return load_config(None, _flatten(overrides), environ={})
@@ -217,8 +265,10 @@ def replay_then_simulate(config: FraudkitConfig, after_ms: int) -> Iterator[pand
     from fraudkit.data.simulate import stream_transactions
 
     frame = load_frame(config.data.stream_path, load_mapping("fraudkit"))
-    for start in range(0, len(frame), 20_000):
-        yield frame.iloc[start : start + 20_000]
+    # Small pieces: each is converted in the generator's process while it reads verdicts, and a
+    # big one would hold the interpreter long enough to show up in the measured latency.
+    for start in range(0, len(frame), REPLAY_CHUNK_ROWS):
+        yield frame.iloc[start : start + REPLAY_CHUNK_ROWS]
     day_ms = 86_400_000
     yield from stream_transactions(config.simulate, start_ms=(after_ms // day_ms + 1) * day_ms)
 
@@ -259,8 +309,14 @@ def run_demo(
     *,
     stop_event: threading.Event | None = None,
     on_update: Callable[[DemoState], None] | None = None,
+    until: Callable[[DemoState], bool] | None = None,
+    max_streaming_s: float | None = None,
 ) -> DemoSummary:
-    """Run the whole pipeline on one machine (settings from config.demo) and return the closing figures."""
+    """Run the whole pipeline on one machine (settings from config.demo) and return the closing figures.
+
+    Streaming lasts demo.duration_s; with `until`, it goes on past that until `until(state)` holds
+    (e.g. a live retraining has been announced), but never past `max_streaming_s`.
+    """
     from fraudkit.generate import run_generate
 
     stop = stop_event or threading.Event()
@@ -277,19 +333,35 @@ def run_demo(
     workdir = Path(config.demo.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir = workdir / time.strftime("run-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
     settings = demo_config(config, run_dir, seed, rate)
     with _broker(settings, state, stage) as settings:
         state.first_model, last_event_ms = prepare(settings, stage)
         if stop.is_set():
             raise FraudkitError("demo interrupted before streaming started")
-        stage(f"streaming at {rate:,.0f} transactions/s for {duration_s:g}s with live retraining")
-        detector = _DetectorProcess(settings, state, on_update)
+        detector = _DetectorProcess(settings, state, on_update, run_dir / "detector.log")
         detector.start()
+        # Transactions sent before the detector owns its partition would wait for its start-up
+        # (torch, the model, the group join): seconds of latency that say nothing about scoring.
+        stage("starting the detector (model, feature state, consumer group)")
+        detector.wait_until_ready(DETECTOR_READY_S, stop)
+        stage(f"streaming at {rate:,.0f} transactions/s for {duration_s:g}s with live retraining")
         verdicts = _FraudVerdictReader(settings, state, detector.stopped)
         verdicts.start()
+        state.streaming_started = time.monotonic()
         generator_stop = threading.Event()
-        timer = threading.Timer(duration_s, generator_stop.set)
-        timer.daemon = True
+        streaming_deadline = time.monotonic() + max(duration_s, max_streaming_s or duration_s)
+
+        def end_streaming() -> None:
+            # the set duration, then (with `until`) the awaited event, never past the deadline
+            if generator_stop.wait(duration_s):
+                return
+            while until is not None and not until(state) and time.monotonic() < streaming_deadline:
+                if generator_stop.wait(0.5):
+                    return
+            generator_stop.set()
+
+        timer = threading.Thread(target=end_streaming, name="demo-duration", daemon=True)
         timer.start()
 
         def forward_stop() -> None:
@@ -311,18 +383,22 @@ def run_demo(
                 source=replay_then_simulate(settings, last_event_ms),
             )
         finally:
-            timer.cancel()
+            generator_stop.set()
             detect_summary = detector.stop_and_wait()
             verdicts.join(5)
             stop.set()
-    return _summary(state, detect_summary, time.monotonic() - started)
+    return _summary(state, detect_summary, time.monotonic() - started, rate)
 
 
 class _DetectorProcess:
     """The demo's detector in a process of its own, so it never shares a GIL with the generator."""
 
     def __init__(
-        self, config: FraudkitConfig, state: DemoState, on_update: Callable[[DemoState], None] | None
+        self,
+        config: FraudkitConfig,
+        state: DemoState,
+        on_update: Callable[[DemoState], None] | None,
+        log_path: Path,
     ) -> None:
         import multiprocessing
 
@@ -336,7 +412,7 @@ class _DetectorProcess:
         self.failure: FraudkitError | None = None
         self.process = context.Process(
             target=_detector_main,
-            args=(config.model_dump_json(), self.events, self.stop_event),
+            args=(config.model_dump_json(), self.events, self.stop_event, str(log_path)),
             name="fraudkit-demo-detect",
             daemon=True,
         )
@@ -346,6 +422,24 @@ class _DetectorProcess:
         """Start the process and the thread that turns its reports into dashboard state."""
         self.process.start()
         self.pump.start()
+
+    def wait_until_ready(self, timeout_s: float, stop: threading.Event) -> None:
+        """Return once the detector reports an assigned partition; BrokerError if it never does."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not stop.is_set():
+            status = self.state.detector
+            if status is not None and status.partitions:
+                return
+            if self.failure is not None:
+                raise self.failure
+            if not self.process.is_alive() and not self.pump.is_alive():
+                raise self.failure or FraudkitError(f"the detector exited with code {self.process.exitcode}")
+            time.sleep(0.1)
+        if not stop.is_set():
+            self.stop_and_wait()
+            raise BrokerError(
+                f"the detector owned no partition of the transactions topic after {timeout_s:g}s"
+            )
 
     def _pump(self) -> None:
         import queue
@@ -361,6 +455,11 @@ class _DetectorProcess:
                 continue
             if kind == "status":
                 self.state.detector = payload
+                lag = payload.lag or 0
+                if lag > self.state.max_lag:
+                    self.state.max_lag = lag
+                    streaming = self.state.streaming_started
+                    self.state.max_lag_at_s = time.monotonic() - streaming if streaming else None
                 if self.on_update is not None:
                     self.on_update(self.state)
             elif kind == "retrain":
@@ -388,9 +487,18 @@ class _DetectorProcess:
         return self.summary
 
 
-def _detector_main(config_json: str, events: Any, stop: Any) -> None:
-    """Entry point of the demo's detector process: run_detect with live retraining, reporting via a queue."""
+def _detector_main(config_json: str, events: Any, stop: Any, log_path: str) -> None:
+    """Entry point of the demo's detector process: run_detect with live retraining, reporting via a queue.
+
+    Its standard output and error go to log_path: a stray warning written to the terminal would
+    break the dashboard drawn in place there (what matters reaches the parent through the queue).
+    """
+    import os
     import signal
+
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
 
     # Ctrl-C reaches the whole process group; the parent decides when the detector stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -417,13 +525,21 @@ def _detector_main(config_json: str, events: Any, stop: Any) -> None:
         events.put(("error", ("FraudkitError", f"the detector failed: {type(exc).__name__}: {exc}")))
 
 
-def _summary(state: DemoState, detector: DetectSummary | None, elapsed_s: float) -> DemoSummary:
+def _summary(state: DemoState, detector: DetectSummary | None, elapsed_s: float, rate: float) -> DemoSummary:
     client = state.client
     confusion = client.confusion if client is not None else {}
     tp, fp, fn = confusion.get("tp", 0), confusion.get("fp", 0), confusion.get("fn", 0)
     promoted = [event for event in state.retrain_events if event.get("type") == "model_published"]
+    sent = client.sent if client is not None else 0
+    verdicts = client.verdicts if client is not None else 0
     return DemoSummary(
-        transactions=client.sent if client is not None else 0,
+        sent=sent,
+        verdicts=verdicts,
+        missing=sent - verdicts,
+        max_lag=state.max_lag,
+        rate=rate,
+        problems=demo_problems(sent, verdicts, state.max_lag, rate, state.max_lag_at_s),
+        transactions=sent,
         frauds_sent=client.frauds_sent if client is not None else 0,
         caught=tp,
         missed=fn,

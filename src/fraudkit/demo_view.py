@@ -97,8 +97,21 @@ def dashboard(state: DemoState) -> RenderableType:
     return Group(header, panels, retrain_table(state), recent_frauds_table(state))
 
 
+def summary_view(summary: DemoSummary) -> RenderableType:
+    """The closing summary: what went wrong first, in plain words, then the figures."""
+    from rich.text import Text
+
+    if not summary.problems:
+        verdict = Text(f"every one of the {summary.sent:,} transactions sent got its verdict", style="green")
+        return Group(verdict, summary_table(summary))
+    lines = [Text("THE DEMO DID NOT KEEP UP", style="bold red")]
+    lines += [Text(f"- {problem}", style="red") for problem in summary.problems]
+    lines.append(Text("The figures below describe only the transactions that got a verdict.", style="red"))
+    return Group(*lines, summary_table(summary))
+
+
 def summary_table(summary: DemoSummary) -> Table:
-    """The closing summary."""
+    """The closing figures."""
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value:.1%}"
@@ -109,8 +122,14 @@ def summary_table(summary: DemoSummary) -> Table:
     table = Table(title="demo summary", title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
+    table.add_row("transactions sent", f"{summary.sent:,}")
+    table.add_row("verdicts", f"{summary.verdicts:,}")
+    table.add_row("missing (no verdict)", f"{summary.missing:,}", style="red" if summary.missing else None)
+    table.add_row(
+        "largest detector backlog",
+        f"{summary.max_lag:,} ({summary.max_lag / summary.rate:,.1f}s of traffic)" if summary.rate else "-",
+    )
     table.add_row("broker", f"{summary.broker_engine} at {summary.bootstrap}")
-    table.add_row("transactions", f"{summary.transactions:,}")
     table.add_row("frauds sent", f"{summary.frauds_sent:,}")
     table.add_row("frauds caught", f"{summary.caught:,}")
     table.add_row("frauds missed", f"{summary.missed:,}")

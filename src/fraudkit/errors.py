@@ -45,3 +45,9 @@ class DatabaseError(FraudkitError):
     """The SQL database cannot be reached or refused a write."""
 
     exit_code = 6
+
+
+class IncompleteRun(FraudkitError):
+    """A run finished but did not keep up: transactions left without a verdict, or the detector fell behind."""
+
+    exit_code = 7

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,23 @@ from fraudkit.config import load_config
 from fraudkit.stream.broker import free_port, port_in_use
 
 pytestmark = [pytest.mark.kafka, pytest.mark.spark, pytest.mark.slow]
+
+# Streaming lasts the set duration, then goes on until a live retraining is announced, at most this long.
+MAX_STREAMING_S = 420
+# The busy loop of the `busy_core` fixture ends by itself after this long, whatever happens to the test.
+BUSY_LIMIT_S = 900
+
+
+@pytest.fixture
+def busy_core() -> Iterator[subprocess.Popen[bytes]]:
+    """Another process keeping one core busy for the whole test (the machine is not the demo's alone)."""
+    loop = f"import time\nend = time.monotonic() + {BUSY_LIMIT_S}\nwhile time.monotonic() < end: pass"
+    process = subprocess.Popen([sys.executable, "-c", loop])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait(10)
 
 
 def orphan_brokers(port: int) -> list[str]:
@@ -32,7 +51,10 @@ def orphan_brokers(port: int) -> list[str]:
 
 @pytest.mark.tansu
 def test_demo_runs_the_whole_pipeline_and_leaves_nothing_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_engine: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    broker_engine: str,
+    busy_core: subprocess.Popen[bytes],
 ) -> None:
     monkeypatch.setattr(demo, "DEMO_CUSTOMERS", 300)
     monkeypatch.setattr(demo, "DEMO_TERMINALS", 600)
@@ -54,10 +76,28 @@ def test_demo_runs_the_whole_pipeline_and_leaves_nothing_behind(
         environ={},
     )
     updates: list[str] = []
+    labels_seen: list[int] = []
 
-    summary = demo.run_demo(config, on_update=lambda state: updates.append(state.stage))
+    def on_update(state: demo.DemoState) -> None:
+        updates.append(state.stage)
+        if state.detector is not None:
+            labels_seen.append(state.detector.labels)
 
+    # Not wall-clock luck: streaming goes on until the first live retraining is announced.
+    summary = demo.run_demo(
+        config,
+        on_update=on_update,
+        until=lambda state: bool(state.retrain_events),
+        max_streaming_s=MAX_STREAMING_S,
+    )
+
+    assert busy_core.poll() is None, "the busy loop ended before the demo did"
+    assert labels_seen and max(labels_seen) >= 400, "the detector counted too few labels to retrain"
     assert summary.transactions >= 45 * 600 * 0.8
+    assert summary.sent == summary.transactions
+    assert summary.verdicts + summary.missing == summary.sent
+    assert summary.missing == 0, summary.problems
+    assert summary.problems == []
     assert summary.caught + summary.missed == summary.frauds_sent > 0
     assert summary.caught > 0
     assert summary.latency_ms["p50"] is not None

@@ -8,8 +8,9 @@ from typing import Annotated, Literal
 import typer
 from rich.table import Table
 
-from fraudkit.cli.app import app, console, load
+from fraudkit.cli.app import app, console, err_console, load
 from fraudkit.cli.options import ConfigOption, SetOption, dataset_flag, seed_flag
+from fraudkit.errors import ConfigError
 from fraudkit.timefmt import utc_text
 
 DatasetOption = Annotated[
@@ -83,9 +84,11 @@ def simulate(
 @app.command("split")
 def split(
     dataset: DatasetOption = None,
-    input: Annotated[
-        Path | None, typer.Option("--input", "-i", help="Dataset to split (default: data.path).")
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Dataset file or directory to split (default: data.path).")
     ] = None,
+    # The flag's former name, kept working (hidden): `--data` is its name in every command.
+    input_alias: Annotated[Path | None, typer.Option("--input", "-i", hidden=True)] = None,
     at: Annotated[
         str | None, typer.Option("--at", help="Split instant (UTC), e.g. 2026-03-01T00:00:00.")
     ] = None,
@@ -103,19 +106,26 @@ def split(
     set_: SetOption = None,
 ) -> None:
     """Split a dataset by event time into history (training) and stream (replay) Parquet, on Spark."""
+    if data is not None and input_alias is not None and data != input_alias:
+        raise ConfigError(f"--data {data} and its alias --input {input_alias} name different datasets")
+    data = data if data is not None else input_alias
     cfg = load(
         config,
         set_,
         data__dataset=dataset,
-        data__path=input,
+        data__path=data,
         data__history_path=history_out,
         data__stream_path=stream_out,
         split__train_fraction=train_fraction,
     )
 
     from fraudkit.data.split import run_split
+    from fraudkit.textsafe import printable
 
-    report = run_split(cfg, at=at, train_fraction=train_fraction)
+    def progress(line: str) -> None:
+        err_console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
+
+    report = run_split(cfg, at=at, train_fraction=train_fraction, progress=progress)
     table = Table(
         title=f"split {report.input_path} ({report.dataset}) at {utc_text(report.boundary_ms)} UTC",
         title_justify="left",

@@ -37,7 +37,7 @@ def demo(
 ) -> None:
     """Simulate, split, train, then generate and detect side by side with live retraining."""
     from fraudkit.demo import DemoState, run_demo
-    from fraudkit.demo_view import dashboard, summary_table
+    from fraudkit.demo_view import dashboard, summary_view
     from fraudkit.signals import stop_on_signals
 
     cfg = load(
@@ -47,7 +47,9 @@ def demo(
         if stdout_is_terminal() and not json_output:
             from rich.live import Live
 
-            with Live(console=console, refresh_per_second=4, transient=False) as live:
+            # The whole dashboard from the first frame (empty panels say "waiting"), redrawn in place;
+            # nothing else writes to the terminal meanwhile (Spark's JVM writes to its log file).
+            with Live(dashboard(DemoState()), console=console, refresh_per_second=4, transient=False) as live:
                 summary = run_demo(cfg, stop_event=stop, on_update=lambda s: live.update(dashboard(s)))
         else:
             last_time = [0.0]
@@ -60,6 +62,12 @@ def demo(
                     line = state.stage
                     if state.client is not None:
                         line += f" | sent {state.client.sent:,}, verdicts {state.client.verdicts:,}"
+                    if state.client is not None and state.client.latency_ms.get("p99") is not None:
+                        line += f", client p99 {state.client.latency_ms['p99']:,.0f} ms"
+                    if state.detector is not None and state.detector.lag is not None:
+                        line += f", detector backlog {state.detector.lag:,}"
+                    if state.detector is not None and state.detector.latency_ms.get("p99") is not None:
+                        line += f", detector p99 {state.detector.latency_ms['p99']:,.0f} ms"
                     if state.retrain_events:
                         line += f" | retrains: {', '.join(e.get('type', '') for e in state.retrain_events)}"
                     err_console.print(printable(line), markup=False, highlight=False)
@@ -68,4 +76,6 @@ def demo(
     if json_output:
         echo_json(summary.to_dict())
     else:
-        console.print(summary_table(summary))
+        console.print(summary_view(summary))
+    # After the figures: a run that left transactions unanswered or fell behind exits with code 7.
+    summary.raise_if_incomplete()

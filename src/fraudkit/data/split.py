@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,14 +203,25 @@ def split_dataset(
     )
 
 
-def run_split(config: FraudkitConfig, at: str | None, train_fraction: float | None) -> SplitReport:
-    """`fraudkit split`: check the input's columns, start Spark from config, split."""
-    from fraudkit.data.spark import spark_session
+def run_split(
+    config: FraudkitConfig,
+    at: str | None,
+    train_fraction: float | None,
+    progress: Callable[[str], None] | None = None,
+) -> SplitReport:
+    """`fraudkit split`: check the input's columns, start Spark from config, split.
 
+    `progress` hears what is happening, one line per step (Spark's own output goes to its log file).
+    """
+    from fraudkit.data.spark import spark_log_path, spark_session
+
+    say = progress or (lambda line: None)
     mapping = load_mapping(config.data.dataset)
     # Fail on a wrong file or mapping before paying for a Spark start.
     check_columns(config.data.path, mapping)
+    say(f"starting Spark ({config.spark.master}; its own log: {spark_log_path(config.spark)})")
     spark = spark_session(config.spark, app_name="fraudkit-split")
+    say(f"splitting {config.data.path} by event time")
     return split_dataset(
         spark,
         config,

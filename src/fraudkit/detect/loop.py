@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from fraudkit.stream.kafka import BrokerWatch, Consumer, KafkaError, Message, Producer, TopicPartition
 
 EXPIRE_EVERY_S = 5.0
+# An expiry sweep runs in slices of about this much time between batches (OnlineFeatures.expire_step),
+# so a large feature state never stalls the stream for a whole sweep.
+EXPIRE_SLICE_S = 0.002
 
 
 @dataclass
@@ -198,9 +201,14 @@ class DetectLoop:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        if now >= self._next_expire and self.clock.now_ms is not None:
-            self.holder.features.expire(self.clock.now_ms)
+        if (
+            now >= self._next_expire
+            and self.clock.now_ms is not None
+            and self.holder.features.expire_step(self.clock.now_ms, EXPIRE_SLICE_S)
+        ):
             self._next_expire = now + EXPIRE_EVERY_S
+            # The state that survived the sweep is long-lived: out of the collector's scans.
+            gc.freeze()
         if self.meter.due(now):
             self._emit_status(now)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +30,9 @@ from fraudkit.schema import Label, Transaction
 
 if TYPE_CHECKING:
     pass
+
+# An expiry sweep checks its time budget after this many cards (or terminals).
+SWEEP_SLICE = 64
 
 
 class _CardState:
@@ -348,6 +352,7 @@ class OnlineFeatures:
         self._label_floor = NEVER_MS
         self._labels_kept = 0
         self.labels_ignored = 0
+        self._sweep: Iterator[None] | None = None  # an expiry sweep under way (expire_step)
 
     def transform(self, transactions: Sequence[Transaction], dtype: Any = np.float32) -> np.ndarray:
         """Features of each transaction (state before it, plus itself), updating state in the given order."""
@@ -449,31 +454,63 @@ class OnlineFeatures:
 
     def expire(self, now_ms: int) -> None:
         """Drop state no feature at event time >= now_ms can use (older than the windows), then cap cards."""
+        self._sweep = None
+        for _ in self._expiry_sweep(now_ms):
+            pass
+
+    def expire_step(self, now_ms: int, budget_s: float) -> bool:
+        """Go on with an expiry sweep (starting one at now_ms if none runs) for about budget_s seconds.
+
+        The same work as `expire`, cut into slices between batches, so a large state never stalls
+        the stream for the whole sweep at once. Returns True when the sweep has finished. Expiry
+        only frees memory: features are the same whether stale state is dropped now or later.
+        """
+        if self._sweep is None:
+            self._sweep = self._expiry_sweep(now_ms)
+        deadline = time.perf_counter() + budget_s
+        for _ in self._sweep:
+            if time.perf_counter() >= deadline:
+                return False
+        self._sweep = None
+        return True
+
+    def _expiry_sweep(self, now_ms: int) -> Iterator[None]:
+        """`expire` as a generator: it yields every SWEEP_SLICE cards or terminals, to be resumed later."""
         card_cutoff = now_ms - self._history_ms
-        stale = [card_id for card_id, card in self._cards.items() if card.last_time <= card_cutoff]
-        for card_id in stale:
-            del self._cards[card_id]
         window_count = len(self.spec.card_windows_ms)
         oldest_head = f"head_{window_count - 1}"  # the longest window's
-        for card in self._cards.values():
-            oldest = getattr(card, oldest_head)
-            if oldest:
-                card.forget_before(oldest, window_count)
-            for seen in (card.countries, card.terminals):
-                if seen:
-                    for key in [key for key, last in seen.items() if last <= card_cutoff]:
-                        del seen[key]
+        cards = self._cards
+        # A snapshot of the keys: the stream adds cards between slices; the next sweep sees them.
+        for done, card_id in enumerate(list(cards), 1):
+            card = cards.get(card_id)
+            if card is None:
+                continue
+            if card.last_time <= card_cutoff:
+                del cards[card_id]
+            else:
+                oldest = getattr(card, oldest_head)
+                if oldest:
+                    card.forget_before(oldest, window_count)
+                for seen in (card.countries, card.terminals):
+                    if seen:
+                        for key in [key for key, last in seen.items() if last <= card_cutoff]:
+                            del seen[key]
+            if not done % SWEEP_SLICE:
+                yield
         label_floor = now_ms - self._terminal_horizon_ms
         self._label_floor = max(self._label_floor, label_floor)
-        empty = []
-        for terminal_id, labels in self._terminals.items():
-            self._labels_kept -= labels.drop_before(label_floor, len(self.spec.terminal_windows_ms))
-            if not len(labels):
-                empty.append(terminal_id)
-        for terminal_id in empty:
-            del self._terminals[terminal_id]
-        if self.max_cards is not None and len(self._cards) > self.max_cards:
-            self._evict_least_recent(len(self._cards) - self.max_cards)
+        terminals = self._terminals
+        terminal_windows = len(self.spec.terminal_windows_ms)
+        for done, terminal_id in enumerate(list(terminals), 1):
+            labels = terminals.get(terminal_id)
+            if labels is not None:
+                self._labels_kept -= labels.drop_before(label_floor, terminal_windows)
+                if not len(labels):
+                    del terminals[terminal_id]
+            if not done % SWEEP_SLICE:
+                yield
+        if self.max_cards is not None and len(cards) > self.max_cards:
+            self._evict_least_recent(len(cards) - self.max_cards)
 
     def _evict_least_recent(self, how_many: int) -> None:
         # A memory safety valve, not part of the feature definition: evicted cards restart from scratch.

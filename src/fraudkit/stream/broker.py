@@ -325,7 +325,12 @@ def _kafka_properties(node: NodeSpec, voters: str, brokers: int) -> str:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # As Kafka's own Uuid: never starting with "-", which the storage tool would read as an option
+    # (1 format in 64 failed with "argument --cluster-id/-t: expected one argument").
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _java_options(heap_mb: int) -> list[str]:

@@ -299,7 +299,7 @@ def test_cli_bad_dataset_is_one_line_exit_5_before_spark_starts(tmp_path: Path) 
             "split",
             "--dataset",
             "handbook",
-            "--input",
+            "--data",
             str(path),
             "--history-out",
             str(tmp_path / "h"),
@@ -317,3 +317,27 @@ def test_cli_unknown_dataset_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["split", "--dataset", "kaggle", "--input", str(tmp_path / "x.csv")])
     assert result.exit_code == 2
     assert result.stderr.startswith("error: unknown dataset 'kaggle'")
+
+
+@pytest.mark.parametrize("command", ["split", "train", "evaluate"])
+def test_the_dataset_flag_is_data_in_every_command(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--data " in result.output
+    assert "--input" not in result.output  # split's former name still works, but is not advertised
+
+
+def test_split_input_alias_names_the_same_dataset_as_data(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.parquet"
+    via_alias = runner.invoke(app, ["split", "--input", str(missing)])
+    via_data = runner.invoke(app, ["split", "--data", str(missing)])
+    assert via_alias.exit_code == via_data.exit_code == 5
+    assert via_alias.stderr == via_data.stderr
+    assert str(missing) in via_data.stderr
+
+
+def test_split_data_and_a_different_input_alias_is_a_usage_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["split", "--data", str(tmp_path / "a"), "--input", str(tmp_path / "b")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --data ")
+    assert "--input" in result.stderr

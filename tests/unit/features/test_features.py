@@ -524,6 +524,61 @@ def test_expire_never_changes_later_features_and_bounds_the_state() -> None:
     assert plain.state_counts()["cards"] == 12
 
 
+def test_an_expiry_sweep_in_slices_between_batches_equals_the_whole_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fraudkit.features.online as online_module
+
+    monkeypatch.setattr(online_module, "SWEEP_SLICE", 1)  # one card or terminal per slice
+    spec = full_spec(
+        card_windows_hours=[1.0, 24.0],
+        terminal_windows_days=[1.0],
+        label_delay_days=1.0,
+        relative_amount_window_hours=24.0,
+    )
+    txs, labels = random_stream(5, rows=1500)
+    whole, sliced = OnlineFeatures(spec), OnlineFeatures(spec)
+    whole.observe_labels(labels)
+    sliced.observe_labels(labels)
+    expected, got, slices = [], [], 0
+    for start in range(0, len(txs), 25):
+        chunk = txs[start : start + 25]
+        if start % 500 == 0:
+            whole.expire(chunk[0].event_time_ms)
+        expected.append(whole.transform(chunk, dtype=np.float64))
+        # A budget of zero: each call does one slice; the sweep spans the batches that follow.
+        slices += 1
+        sliced.expire_step(chunk[0].event_time_ms, 0.0)
+        got.append(sliced.transform(chunk, dtype=np.float64))
+    np.testing.assert_array_equal(np.vstack(got), np.vstack(expected))
+    assert slices > 0
+    end = txs[-1].event_time_ms + 3 * DAY_MS
+    while not sliced.expire_step(end, 0.0):  # the sweep under way ends at its own time
+        pass
+    steps = 1
+    while not sliced.expire_step(end, 0.0):  # then one from `end`
+        steps += 1
+    whole.expire(end)
+    assert steps > 2  # it really went in slices
+    assert sliced.state_counts() == whole.state_counts()
+    assert whole.state_counts()["cards"] == whole.state_counts()["terminal_labels"] == 0
+
+
+def test_expire_step_finishes_a_sweep_within_its_budget_and_starts_the_next_one_afresh() -> None:
+    spec = full_spec(card_windows_hours=[1.0], relative_amount_window_hours=1.0)
+    rows = [tx(n, T0 + n * MINUTE_MS, card=f"c{n % 300}") for n in range(900)]
+    online, reference = OnlineFeatures(spec), OnlineFeatures(spec)
+    online.transform(rows)
+    reference.transform(rows)
+    now = T0 + 900 * MINUTE_MS
+    reference.expire(now)
+    assert online.expire_step(now, 10.0) is True  # a generous budget: the whole sweep in one call
+    assert online.state_counts() == reference.state_counts()
+    assert 0 < online.state_counts()["cards"] < 300  # the cards older than the history went
+    assert online.expire_step(now + 2 * DAY_MS, 10.0) is True  # a new sweep, from the new time
+    assert online.state_counts()["cards"] == 0
+
+
 def test_card_lists_stay_bounded_without_expire_calls() -> None:
     spec = full_spec(card_windows_hours=[1.0], relative_amount_window_hours=1.0)
     online = OnlineFeatures(spec)

@@ -425,7 +425,7 @@ def test_unreachable_postgres_exits_6_with_the_password_masked(tmp_path: Path) -
     port = free_port()
     url = f"postgresql://fraudkit:hunter2@127.0.0.1:{port}/analytics"
     result = runner.invoke(
-        app, ["sink", "--url", url, "--set", "sink.retry_max_s=3", "--set", f"broker.state_dir={tmp_path}"]
+        app, ["sink", "--url", url, "--set", "sink.retry_max_s=6", "--set", f"broker.state_dir={tmp_path}"]
     )
     assert result.exit_code == 6, result.output
     assert f"error: cannot connect to PostgreSQL 127.0.0.1:{port}/analytics as user fraudkit" in result.stderr
