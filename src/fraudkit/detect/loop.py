@@ -150,6 +150,10 @@ class DetectContext:
     instance_id: str
     stop: threading.Event
     log: LogCallback
+    # The run's summary (extensions may fill `summary.state`) and the next offset of each labels
+    # partition consumed so far (what a terminal-label snapshot covers).
+    summary: DetectSummary | None = None
+    label_positions: dict[int, int] = field(default_factory=dict)
 
 
 class DetectExtension:
@@ -175,6 +179,26 @@ class DetectExtension:
 
     def on_labels(self, labels: Sequence[Label]) -> None:
         """Labels just consumed from the labels topic (already applied to the feature state)."""
+
+    def restore_labels(self, features: OnlineFeatures, partitions: list[int]) -> dict[int, int] | None:
+        """Before the labels consumer starts: load saved label state; return where to resume per partition."""
+        return None
+
+    def on_assign(self, consumer: Consumer, partitions: list[int]) -> None:
+        """Partitions of the transactions topic just assigned, before any of their messages is processed."""
+
+    def on_revoke(self, partitions: list[int], lost: bool) -> None:
+        """Partitions taken away, after their last batch was settled (not settled when `lost`)."""
+
+    def on_batch_produce(
+        self,
+        producer: Producer,
+        transactions: Sequence[Transaction],
+        sources: Sequence[Message],
+        on_delivery: Callable[..., None],
+    ) -> None:
+        """While a batch's outputs are produced (inside its transaction in exactly-once mode), before
+        its offsets are committed; `sources[i]` is the message transactions[i] came from."""
 
     def on_stop(self) -> None:
         """After the loop ended and the last batch was committed."""
@@ -202,6 +226,7 @@ class DetectSummary:
     quality: dict[str, dict[str, Any]] = field(default_factory=dict)
     exactly_once: bool = False
     stopped_because: str = ""
+    state: dict[str, Any] = field(default_factory=dict)  # durable state figures (fraudkit.state)
 
     @property
     def legit(self) -> int:
@@ -236,6 +261,7 @@ class DetectSummary:
             "detector": self.detector,
             "exactly_once": self.exactly_once,
             "stopped_because": self.stopped_because,
+            "state": dict(self.state),
         }
 
 
@@ -346,6 +372,11 @@ def run_detect(
         config,
         [topics.transactions, topics.legit, topics.fraud, topics.verdicts, topics.labels, topics.dead_letter],
     )
+    if config.state.enabled:
+        from fraudkit.state.store import StateExtension
+
+        # First: it installs the features the other extensions see and restores before they run.
+        extensions = [StateExtension(config), *extensions]
     if telemetry is not None:
         extensions = [*extensions, telemetry]
     loop = _DetectLoop(
@@ -482,6 +513,7 @@ class _DetectLoop:
         )
         self.producer: Producer = kafka.make_producer(config, **self._producer_settings())
         self.labels_consumer: Consumer | None = None
+        self.label_positions: dict[int, int] = {}
         self.in_transaction = False
         self.closing = False
         self.telemetry = telemetry
@@ -524,7 +556,11 @@ class _DetectLoop:
         # Every detector reads every label: terminal fraud rates need all of them, and the labels
         # topic is partitioned independently of the transactions this detector owns. Nothing is
         # committed: the feature state lives in memory, so a restart re-reads what is retained.
-        consumer.assign([kafka.TopicPartition(topic, p, start) for p in partitions])
+        offsets: dict[int, int] | None = None
+        for extension in self.extensions:
+            offsets = extension.restore_labels(self.holder.features, partitions) or offsets
+        self.label_positions.update(offsets or {})
+        consumer.assign([kafka.TopicPartition(topic, p, (offsets or {}).get(p, start)) for p in partitions])
         self.labels_consumer = consumer
 
     # -- the loop -----------------------------------------------------------------------------
@@ -556,7 +592,15 @@ class _DetectLoop:
                 self._transaction_call(
                     "initialise transactions", self.producer.init_transactions, self.delivery_timeout_s
                 )
-            context = DetectContext(self.config, self.holder, self.instance_id, self.stop, self.log)
+            context = DetectContext(
+                self.config,
+                self.holder,
+                self.instance_id,
+                self.stop,
+                self.log,
+                self.summary,
+                self.label_positions,
+            )
             for extension in self.extensions:
                 extension.on_start(context)
             # Long-lived state (model, feature state) is frozen out of the collector, and young
@@ -822,6 +866,10 @@ class _DetectLoop:
                     self._send(verdict_topic, verdict, transaction.card_id, None)
             except kafka_exception as exc:
                 self._output_refused(message, verdict_topic, exc)
+        if batch.transactions:
+            sources = [messages[index] for index in batch.good]
+            for extension in self.extensions:
+                extension.on_batch_produce(self.producer, batch.transactions, sources, failed)
 
     def _send(self, topic: str, value: bytes | None, key: Any, headers: Any) -> None:
         while True:
@@ -1097,6 +1145,8 @@ class _DetectLoop:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update(p.partition for p in partitions)
+        for extension in self.extensions:
+            extension.on_assign(consumer, [p.partition for p in partitions])
         self.last_activity = time.monotonic()
         if self.telemetry is not None:
             self.telemetry.assigned(sorted(self.assigned))
@@ -1107,6 +1157,8 @@ class _DetectLoop:
         # starts exactly after them.
         self._settle(block=True)
         self.assigned.difference_update(p.partition for p in partitions)
+        for extension in self.extensions:
+            extension.on_revoke([p.partition for p in partitions], False)
         self.last_activity = time.monotonic()
         if not self.closing:
             self.log(f"revoked partitions {sorted(p.partition for p in partitions)} (rebalance)")
@@ -1119,6 +1171,8 @@ class _DetectLoop:
         self.pending = None
         self.unsettled = []
         self.assigned.difference_update(p.partition for p in partitions)
+        for extension in self.extensions:
+            extension.on_revoke([p.partition for p in partitions], True)
         self.last_activity = time.monotonic()
         self._note(f"lost partitions {sorted(p.partition for p in partitions)} (session timed out)")
 
@@ -1156,9 +1210,12 @@ class _DetectLoop:
         if not messages:
             return
         labels: list[Label] = []
+        positions = self.label_positions
+        message: Any
         for message in messages:
             if message.error() is not None:
                 continue
+            positions[message.partition()] = message.offset() + 1
             try:
                 labels.append(decode_label(message.value()))
             except InvalidMessage:
@@ -1224,6 +1281,7 @@ class _DetectLoop:
             exactly_once=self.options.exactly_once,
             notes=self._notes(),
             drift=self.telemetry.drift_check() if self.telemetry is not None else {},
+            state=dict(summary.state),
         )
         if self.telemetry is not None:
             self.telemetry.observe_status(status, partition_lag or {})

@@ -376,7 +376,7 @@ class RetrainExtension(DetectExtension):
         self.on_outcome = on_outcome
         self.worker_command = worker_command
         self.stats = RetrainStats()
-        self.scored = ScoredRows(self.settings.pending_rows)
+        self.scored = ScoredRows(200_000)  # replaced by the feature log (next commit)
         self._joined: list[LabelledBlock] = []
         self._joined_rows = 0
         self._last_flush = time.monotonic()
