@@ -315,7 +315,6 @@ class RetrainConfig(Section):
     min_improvement: float = 0.0
     max_flagged_share: float = Field(0.05, gt=0, le=1)
     buffer_path: Path = Path(".fraudkit/labels")
-    buffer_max_rows: int = Field(500_000, gt=0)
     epochs: int = Field(5, gt=0)
     feature_log_url: str = ".fraudkit/feature-log"
     feature_log_flush_batches: int = Field(50, gt=0)
