@@ -303,7 +303,7 @@ class StateConfig(Section):
 
 
 class RetrainConfig(Section):
-    """Live retraining: triggers, the label buffer and champion/challenger."""
+    """Live retraining: triggers, the feature log and champion/challenger."""
 
     enabled: bool = True
     role: Literal["all", "scorer", "trainer"] = "all"
