@@ -514,6 +514,7 @@ class _DetectLoop:
         self.producer: Producer = kafka.make_producer(config, **self._producer_settings())
         self.labels_consumer: Consumer | None = None
         self.label_positions: dict[int, int] = {}
+        self.labels_catch_up: list[int] = []
         self.in_transaction = False
         self.closing = False
         self.telemetry = telemetry
@@ -560,6 +561,8 @@ class _DetectLoop:
         for extension in self.extensions:
             offsets = extension.restore_labels(self.holder.features, partitions) or offsets
         self.label_positions.update(offsets or {})
+        # Read to the end before the first batch only where we know where we start from.
+        self.labels_catch_up = partitions if (offsets or self.options.labels_from_beginning) else []
         consumer.assign([kafka.TopicPartition(topic, p, (offsets or {}).get(p, start)) for p in partitions])
         self.labels_consumer = consumer
 
@@ -603,6 +606,7 @@ class _DetectLoop:
             )
             for extension in self.extensions:
                 extension.on_start(context)
+            self._catch_up_labels()
             # Long-lived state (model, feature state) is frozen out of the collector, and young
             # collections run less often: the hot loop makes many short-lived containers, few cycles.
             gc.collect()
@@ -1202,11 +1206,40 @@ class _DetectLoop:
 
     # -- labels -------------------------------------------------------------------------------
 
-    def _poll_labels(self) -> None:
+    def _catch_up_labels(self) -> None:
+        """Before the first batch, read the labels topic to its end (deadline: the delivery timeout).
+
+        Otherwise a (re)started detector would score its first batches before it had read labels
+        an uninterrupted detector already knew: terminal fraud rates, and so verdicts, would differ.
+        """
+        consumer = self.labels_consumer
+        if consumer is None or not self.labels_catch_up:
+            return
+        kafka = self.kafka
+        topic = self.topics.labels
+        try:
+            ends = {
+                p: consumer.get_watermark_offsets(kafka.TopicPartition(topic, p), timeout=10)[1]
+                for p in self.labels_catch_up
+            }
+        except kafka.KafkaException as exc:
+            self._note(f"cannot read the end offsets of {topic} ({exc.args[0].str()}); not catching up")
+            return
+        deadline = time.monotonic() + self.delivery_timeout_s
+        positions = self.label_positions
+        while any(end > 0 and positions.get(p, -1) < end for p, end in ends.items()):
+            if time.monotonic() >= deadline or self.stop.is_set():
+                self._note(
+                    f"{topic} not read to its end within {self.delivery_timeout_s:g}s; scoring starts anyway"
+                )
+                return
+            self._poll_labels(timeout_s=0.2)
+
+    def _poll_labels(self, timeout_s: float = 0.0) -> None:
         consumer = self.labels_consumer
         if consumer is None:
             return
-        messages = consumer.consume(LABELS_PER_POLL, 0)
+        messages = consumer.consume(LABELS_PER_POLL, timeout_s)
         if not messages:
             return
         labels: list[Label] = []

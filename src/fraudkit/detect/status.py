@@ -298,7 +298,7 @@ def state_text(state: dict[str, Any]) -> str:
     """The panel's durable-state line: restore progress, restored cards, changelog writes."""
     restoring = state.get("restoring")
     progress = (
-        f"restoring partition {restoring} ({state.get('restore_records', 0):,} records read) · "
+        f"restoring partitions {restoring} ({state.get('restore_records', 0):,} records read) · "
         if restoring is not None
         else ""
     )

@@ -167,17 +167,18 @@ class StateExtension(DetectExtension):
                 "isolation.level": "read_committed",
                 "enable.partition.eof": True,
                 "fetch.max.bytes": 52_428_800,
+                # The end of a partition is known from an empty fetch: do not let the broker sit on it.
+                "fetch.wait.max.ms": 10,
             },
         )
         window_count = len(features.spec.card_windows_ms)
         cards = 0
         try:
+            latest = self._read_partitions(reader, partitions, deadline)
             for partition in partitions:
-                self.figures["restoring"] = partition
-                latest = self._read_partition(reader, partition, deadline)
                 guarded: list[tuple[str | None, tuple[int, str]]] = []
                 owned = self.partition_cards.setdefault(partition, set())
-                for card_id, value in latest.items():
+                for card_id, value in latest.get(partition, {}).items():
                     try:
                         record = decode_card(value, window_count)
                     except InvalidStateRecord as reason:
@@ -207,51 +208,57 @@ class StateExtension(DetectExtension):
         figures["restore_cards_per_s"] = round(cards / seconds, 1) if seconds > 0 else None
         self._log(f"restored {cards:,} cards of partitions {partitions} from {self.topic} in {seconds:.2f}s")
 
-    def _read_partition(self, reader: Consumer, partition: int, deadline: float) -> dict[str | None, bytes]:
-        """The latest value per card of one changelog partition (tombstones remove a card)."""
+    def _read_partitions(
+        self, reader: Consumer, partitions: list[int], deadline: float
+    ) -> dict[int, dict[str | None, bytes]]:
+        """The latest value per card of each changelog partition, all read at once (tombstones remove)."""
         from fraudkit.stream import kafka
 
-        tp = kafka.TopicPartition(self.topic, partition)
-        try:
-            low, high = reader.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
-        except kafka.KafkaException as exc:
-            raise BrokerError(
-                f"cannot read the offsets of {self.topic}[{partition}]: {exc.args[0].str()}"
-            ) from None
-        latest: dict[str | None, bytes] = {}
-        if high <= low:
+        latest: dict[int, dict[str | None, bytes]] = {p: {} for p in partitions}
+        todo: dict[int, int] = {}  # partition -> high watermark
+        starts = []
+        for partition in partitions:
+            tp = kafka.TopicPartition(self.topic, partition)
+            try:
+                low, high = reader.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
+            except kafka.KafkaException as exc:
+                raise BrokerError(
+                    f"cannot read the offsets of {self.topic}[{partition}]: {exc.args[0].str()}"
+                ) from None
+            if high > low:
+                todo[partition] = high
+                starts.append(kafka.TopicPartition(self.topic, partition, low))
+        if not todo:
             return latest
-        reader.assign([kafka.TopicPartition(self.topic, partition, low)])
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BrokerError(
-                        f"restoring {self.topic}[{partition}] took longer than state.restore_timeout_s="
-                        f"{self.config.state.restore_timeout_s:g}s ({len(latest):,} cards read)"
-                    )
-                done = False
-                for message in reader.consume(RESTORE_BATCH, min(remaining, 0.5)):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == kafka.KafkaError._PARTITION_EOF:
-                            done = True
-                            continue
-                        raise BrokerError(f"cannot read {self.topic}[{partition}]: {error.str()}")
-                    key = message.key()
-                    card_id = None if key is None else key.decode("utf-8", "replace")
-                    value = message.value()
-                    if value is None:
-                        latest.pop(card_id, None)
-                    else:
-                        latest[card_id] = value
-                    self.figures["restore_records"] += 1
-                    if (message.offset() or 0) + 1 >= high:
-                        done = True
-                if done:
-                    return latest
-        finally:
-            reader.unassign()
+        self.figures["restoring"] = sorted(todo)
+        reader.assign(starts)
+        message: Any
+        while todo:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerError(
+                    f"restoring {self.topic} partitions {sorted(todo)} took longer than "
+                    f"state.restore_timeout_s={self.config.state.restore_timeout_s:g}s"
+                )
+            for message in reader.consume(RESTORE_BATCH, min(remaining, 0.5)):
+                partition = message.partition()
+                error = message.error()
+                if error is not None:
+                    if error.code() == kafka.KafkaError._PARTITION_EOF:
+                        todo.pop(partition, None)
+                        continue
+                    raise BrokerError(f"cannot read {self.topic}[{partition}]: {error.str()}")
+                key = message.key()
+                card_id = None if key is None else key.decode("utf-8", "replace")
+                value = message.value()
+                if value is None:
+                    latest[partition].pop(card_id, None)
+                else:
+                    latest[partition][card_id] = value
+                self.figures["restore_records"] += 1
+                if partition in todo and message.offset() + 1 >= todo[partition]:
+                    todo.pop(partition)
+        return latest
 
     def _invalid(self, partition: int, card_id: str | None, reason: str) -> None:
         self.figures["invalid_records"] += 1
