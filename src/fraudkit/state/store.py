@@ -288,8 +288,10 @@ class StateExtension(DetectExtension):
         sources: Sequence[Message],
         on_delivery: Callable[..., None],
     ) -> None:
-        features = self._features
-        if features is None or not features.spec.use_card:
+        if self._features is None:
+            return
+        features = self._current()  # a model with another feature spec brings new features
+        if not features.spec.use_card:
             return
         # The last row of each card in this batch (offset order), with its partition and offset.
         last: dict[str | None, tuple[Transaction, Any]] = {}
