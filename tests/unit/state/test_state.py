@@ -170,6 +170,12 @@ def test_the_status_line_shows_restore_progress_and_restored_cards() -> None:
 
     figures = {"restoring": [0, 3], "restore_records": 12_345, "restored_cards": 0, "restores": 0}
     assert "restoring partitions [0, 3] (12,345 records read)" in state_text(figures)
-    done = {"restoring": None, "restored_cards": 7_233, "restores": 2, "restore_s": 1.5, "changelog_records": 10}
+    done = {
+        "restoring": None,
+        "restored_cards": 7_233,
+        "restores": 2,
+        "restore_s": 1.5,
+        "changelog_records": 10,
+    }
     text = state_text(done)
     assert "7,233 cards restored in 2 restore(s), 1.50s" in text and "restoring" not in text
