@@ -343,6 +343,16 @@ def main() -> None:
             f"scores differing from the uninterrupted detector (> 1e-6), outside the duplicated batches: "
             f"{len(differing):,} of {len(single):,} = {100 * len(differing) / max(len(single), 1):.3f}% (goal < 0.1%)"
         )
+        if differing:
+            by_detector = Counter(first[t]["detector"] for t in differing)
+            day_of = {
+                t: int((first[t]["event_time_ms"] - stream["event_time_ms"].min()) // DAY_MS)
+                for t in differing
+            }
+            print(
+                f"  differing by fleet detector: {dict(by_detector)}; event days {sorted(Counter(day_of.values()).items())}; "
+                f"largest difference {max(abs(first[t]['score'] - ref[t]['score']) for t in differing):.2e}"
+            )
         dup_diff = sum(1 for t in duplicated if t in ref and abs(first[t]["score"] - ref[t]["score"]) > 1e-6)
         print(f"  (first verdicts of duplicated transactions differing: {dup_diff} of {len(duplicated)})")
 
