@@ -28,6 +28,20 @@ class GuardedFeatures(OnlineFeatures):
         super().__init__(*args, **kwargs)
         self.replay_guard: dict[str | None, tuple[int, str]] = {}
         self.replayed_rows = 0
+        # Stream time per assigned partition (Kafka Streams' per-task stream time): see expire.
+        self.partition_times: dict[int, int] = {}
+        self.assigned: set[int] = set()
+
+    def expire(self, now_ms: int) -> None:
+        """Expire by the slowest assigned partition's stream time, never by the detector's fastest.
+
+        A detector that takes over a partition with a backlog scores rows days (of event time)
+        behind its other partitions; expiring by its overall clock would drop card rows and
+        terminal labels those rows still need, and their features would differ from an
+        uninterrupted owner's. Holding expiry back to the slowest partition only keeps state longer.
+        """
+        times = [self.partition_times[p] for p in self.assigned if p in self.partition_times]
+        super().expire(min(now_ms, min(times)) if times else now_ms)
 
     def transform(self, transactions: Sequence[Transaction], dtype: Any = np.float32) -> np.ndarray:
         guard = self.replay_guard

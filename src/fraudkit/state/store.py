@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from fraudkit.config import FraudkitConfig
 from fraudkit.detect.loop import DetectContext, DetectExtension
 from fraudkit.errors import BrokerError, DataError
+from fraudkit.features.spec import NEVER_MS
 from fraudkit.schema import Label, Transaction
 from fraudkit.state.codec import InvalidStateRecord, decode_card, encode_card, spec_fingerprint
 from fraudkit.state.replay import GuardedFeatures
@@ -150,7 +151,9 @@ class StateExtension(DetectExtension):
         kept = [p for p in partitions if p in self.parked]
         for p in self.parked - set(partitions):
             features.drop_cards(self.partition_cards.pop(p, set()))
+            features.partition_times.pop(p, None)
         self.parked = set()
+        features.assigned.update(partitions)
         todo = [p for p in partitions if p not in kept]
         if todo and features.spec.use_card:
             self._restore(consumer, features, todo)
@@ -193,6 +196,10 @@ class StateExtension(DetectExtension):
                         continue
                     owned.add(card_id)
                     cards += 1
+                    # Until the partition's first batch, its stream time is where its state stands.
+                    last_time = record.state[0]
+                    if last_time > features.partition_times.get(partition, NEVER_MS):
+                        features.partition_times[partition] = last_time
                     if record.source_offset >= committed.get(partition, 0):
                         guarded.append((card_id, record.applied))
                 features.guard(guarded)
@@ -272,10 +279,12 @@ class StateExtension(DetectExtension):
     def on_revoke(self, partitions: list[int], lost: bool) -> None:
         if self._features is None:
             return
+        self._features.assigned.difference_update(partitions)
         if lost:
             # Someone else owns them now and may have moved on: never reuse what we hold.
             for p in partitions:
                 self._features.drop_cards(self.partition_cards.pop(p, set()))
+                self._features.partition_times.pop(p, None)
         else:
             self.parked.update(partitions)
 
@@ -302,14 +311,17 @@ class StateExtension(DetectExtension):
         fingerprint = self._fingerprint
         topic = self.topic
         partition_cards = self.partition_cards
+        partition_times = features.partition_times
         written = 0
         for card_id, (tx, message) in last.items():
+            partition = message.partition()
+            if tx.event_time_ms > partition_times.get(partition, NEVER_MS):
+                partition_times[partition] = tx.event_time_ms
             if card_id in guard:
                 continue  # every row of it in this batch was a replay: its state did not change
             state = export(card_id)
             if state is None:
                 continue
-            partition = message.partition()
             value = encode_card(fingerprint, message.offset(), (tx.event_time_ms, tx.transaction_id), state)
             key = None if card_id is None else card_id.encode()
             while True:

@@ -179,3 +179,20 @@ def test_the_status_line_shows_restore_progress_and_restored_cards() -> None:
     }
     text = state_text(done)
     assert "7,233 cards restored in 2 restore(s), 1.50s" in text and "restoring" not in text
+
+
+def test_expiry_waits_for_the_slowest_assigned_partition() -> None:
+    rows = stream(6000)  # 40 days
+    uninterrupted = OnlineFeatures(SPEC)
+    expected = uninterrupted.transform(rows, np.float64)
+    features = GuardedFeatures(SPEC)
+    features.transform(rows[:3000], np.float64)
+    # Another partition of this detector is 20 days ahead; this one (1) is at row 3000.
+    features.assigned = {0, 1}
+    features.partition_times = {0: rows[-1].event_time_ms + 20 * DAY_MS, 1: rows[2999].event_time_ms}
+    features.expire(rows[-1].event_time_ms + 20 * DAY_MS)
+    assert np.array_equal(features.transform(rows[3000:], np.float64), expected[3000:])
+    plain = OnlineFeatures(SPEC)
+    plain.transform(rows[:3000], np.float64)
+    plain.expire(rows[-1].event_time_ms + 20 * DAY_MS)  # by the fastest partition: cards gone
+    assert not np.array_equal(plain.transform(rows[3000:], np.float64), expected[3000:])
