@@ -92,6 +92,8 @@ def bench_config(bootstrap: str, workdir: Path, **overrides: Any) -> FraudkitCon
         "detect.quiet": True,
         # Live retraining has its own benchmark; this one measures scoring alone.
         "retrain.enabled": False,
+        # Durable state is on, as by default (benchmarks/bench_state.py measures its cost).
+        "state.snapshot_url": str(workdir / "state"),
     }
     values.update(overrides)
     return load_config(None, values, environ={})

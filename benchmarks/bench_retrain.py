@@ -6,15 +6,15 @@ Run: .venv/bin/python benchmarks/bench_retrain.py [--rate 5000] [--labels 100000
 Starts its own embedded broker and a temporary registry holding v1 (a [64, 32] MLP with random
 weights normalised on the stream, so a trained challenger beats it). One detector runs as a
 subprocess (`python -m fraudkit detect --json --quiet`, retrain.role all, retrain.every_labels =
-retrain.window_rows = --labels, an empty label buffer) while another process produces simulated
+retrain.window_rows = --labels, an empty feature log) while another process produces simulated
 transactions at --rate per second (produced_ms stamped at produce time) and each one's label 2 s
 later, with the project's producer settings. Topics have --partitions partitions (1, as the
 latency run of bench_detect.py: the embedded broker's fetch cost grows with partitions x history).
 
-1. Baseline: from 5 s after the start until the --labels-th label. Labels flow and are joined and
-   written to the buffer, but nothing retrains yet.
-2. Retraining: the --labels-th labelled row triggers the retraining process (Spark reads the window
-   of --labels rows, PyTorch trains retrain.epochs epochs, champion/challenger on the newest 20%,
+1. Baseline: from 5 s after the start until the --labels-th label. Scored rows and labels flow
+   into the feature log, but nothing retrains yet.
+2. Retraining: the --labels-th logged label triggers the retraining process (Spark joins the
+   window of --labels rows, PyTorch trains retrain.epochs epochs, champion/challenger on the newest 20%,
    registry, announcement, swap). Transactions and labels keep flowing at the same rates until the
    new model serves plus 5 s (or --max-retrain-seconds).
 
@@ -22,7 +22,7 @@ Verdicts are read back after the run (reading them during it would load the brok
 p50/p99/max of produced -> verdict created (verdict_ms - produced_ms) over the baseline and over
 the verdicts created while the retraining process ran (from its requested_ms to its
 announcement's at_ms), their ratio (target <= 2x), throughput in both, and the time from producing
-the --labels-th label to the first verdict by the new model (label join and buffer flush, trigger,
+the --labels-th label to the first verdict by the new model (feature-log flush, trigger,
 Spark start-up, read, training, evaluation, registry, announcement, swap).
 """
 
@@ -86,6 +86,10 @@ def bench_config(bootstrap: str, workdir: Path, **overrides: Any) -> FraudkitCon
         "detect.quiet": True,
         "registry.path": str(workdir / "models"),
         "retrain.buffer_path": str(workdir / "labels"),
+        "retrain.feature_log_url": str(workdir / "feature-log"),
+        # Labels come 2 s after their transactions here: write the log often so the trigger sees them.
+        "retrain.feature_log_flush_s": 1.0,
+        "state.snapshot_url": str(workdir / "state"),
     }
     values.update(overrides)
     return load_config(None, values, environ={})
@@ -250,7 +254,7 @@ def main() -> None:
     parser.add_argument(
         "--partitions", type=int, default=1, help="partitions of every topic (as bench_detect's latency run)"
     )
-    parser.add_argument("--keep", type=Path, help="keep the registry and label buffer in this directory")
+    parser.add_argument("--keep", type=Path, help="keep the registry and feature log in this directory")
     add_engines_argument(parser)
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()}", flush=True)
@@ -283,7 +287,7 @@ def run(bootstrap: str, workdir: Path, args: argparse.Namespace, control_for_s: 
         **{
             "retrain.enabled": True,
             "retrain.role": "all",
-            # The control pass never reaches its trigger: same label join and buffer, no retraining.
+            # The control pass never reaches its trigger: same feature log, no retraining.
             "retrain.every_labels": args.labels if control_for_s is None else 10**9,
             "retrain.window_rows": args.labels,
             "topics.transactions_partitions": args.partitions,
@@ -366,7 +370,7 @@ def report(args: argparse.Namespace, retraining: Pass, control: Pass) -> None:
     retrain_lines = [
         line
         for line in retraining.log.splitlines()
-        if line.startswith(("retraining", "label buffer", "model v", "now serving"))
+        if line.startswith(("retraining", "feature log", "model v", "now serving"))
     ]
     print("detector log (retraining):\n  " + "\n  ".join(retrain_lines[-8:]))
     if not retraining.events:

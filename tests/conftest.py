@@ -72,6 +72,8 @@ def make_config(tmp_path: Path, overrides: dict[str, Any] | None = None) -> Frau
         "broker.state_dir": str(tmp_path / "broker"),
         "registry.path": str(tmp_path / "models"),
         "retrain.buffer_path": str(tmp_path / "labels"),
+        "retrain.feature_log_url": str(tmp_path / "feature-log"),
+        "state.snapshot_url": str(tmp_path / "state"),
         "detect.group_id": f"detect-{suffix}",
         "detect.transactional_id": f"detect-{suffix}",
         "sink.group_id": f"sink-{suffix}",

@@ -74,6 +74,11 @@ class TopicsConfig(Section):
     partitions: int = Field(3, gt=0, le=10_000)
     replication_factor: int = Field(1, gt=0, le=32_767)
     retention_ms: int = Field(3_600_000, gt=0)
+    # Production sizes (docs/scaling.md): labels are re-read from the last terminal-label snapshot
+    # on, so their retention covers the longest outage tolerated; the card-state changelog keeps a
+    # card as long as its longest window can use it (30 days) plus a margin.
+    labels_retention_ms: int = Field(3 * 86_400_000, gt=0)
+    changelog_retention_ms: int = Field(35 * 86_400_000, gt=0)
 
     @field_validator("transactions", "legit", "fraud", "verdicts", "labels", "dead_letter", "control")
     @classmethod
@@ -279,8 +284,25 @@ class DetectConfig(Section):
     max_future_skew_s: float = Field(3600.0, gt=0)
 
 
+class StateConfig(Section):
+    """Durable detector state: the card-state changelog and terminal-label snapshots (docs/scaling.md)."""
+
+    enabled: bool = True
+    changelog_topic: str = ""
+    restore_timeout_s: float = Field(300.0, gt=0, le=MAX_WAIT_S)
+    snapshot_url: str = ".fraudkit/state"
+    snapshot_interval_s: float = Field(300.0, gt=0, le=MAX_DURATION_S)
+
+    @field_validator("changelog_topic")
+    @classmethod
+    def _legal_changelog_name(cls, value: str) -> str:
+        if value and (value in (".", "..") or not _TOPIC_NAME.match(value)):
+            raise ValueError(f"{value!r} is not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)")
+        return value
+
+
 class RetrainConfig(Section):
-    """Live retraining: triggers, the label buffer and champion/challenger."""
+    """Live retraining: triggers, the feature log and champion/challenger."""
 
     enabled: bool = True
     role: Literal["all", "scorer", "trainer"] = "all"
@@ -292,9 +314,11 @@ class RetrainConfig(Section):
     min_improvement: float = 0.0
     max_flagged_share: float = Field(0.05, gt=0, le=1)
     buffer_path: Path = Path(".fraudkit/labels")
-    buffer_max_rows: int = Field(500_000, gt=0)
     epochs: int = Field(5, gt=0)
-    pending_rows: int = Field(200_000, gt=0)
+    feature_log_url: str = ".fraudkit/feature-log"
+    feature_log_flush_batches: int = Field(50, gt=0)
+    feature_log_flush_s: float = Field(30.0, gt=0, le=MAX_DURATION_S)
+    feature_log_horizon_days: float = Field(45.0, gt=0, le=36_525)
     worker_threads: int = Field(1, gt=0)
     job_timeout_s: float = Field(1800.0, gt=0, le=MAX_WAIT_S)
 
@@ -389,6 +413,7 @@ class FraudkitConfig(Section):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     sink: SinkConfig = Field(default_factory=SinkConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)

@@ -24,8 +24,8 @@ from fraudkit.detect import DetectSummary, run_detect
 from fraudkit.features import FeatureSpec
 from fraudkit.model.network import Normalisation
 from fraudkit.model.registry import Registry
-from fraudkit.retrain.buffer import LabelBuffer
 from fraudkit.retrain.extension import RetrainExtension
+from fraudkit.retrain.feature_log import FeatureLog
 from fraudkit.schema import Label, Transaction, encode
 from fraudkit.stream import kafka
 
@@ -223,6 +223,7 @@ def retrain_config(kafka_config: FraudkitConfig) -> FraudkitConfig:
             "retrain.max_flagged_share": 0.5,
             "detect.batch_size": 500,
             "detect.quiet": True,
+            "retrain.feature_log_flush_s": 0.5,
         },
     )
     publish_indifferent_model(config)
@@ -381,32 +382,37 @@ def test_a_diverging_training_run_fails_and_the_current_model_keeps_serving(
     assert [a["type"] for a in control_events(config)] == ["retrain_failed"]
 
 
-def test_the_label_buffer_survives_a_detector_restart(retrain_config: FraudkitConfig) -> None:
-    config = overridden(retrain_config, {"retrain.every_labels": 1_000_000})
+def test_a_label_arriving_after_its_detector_restarted_reaches_the_next_retraining(
+    retrain_config: FraudkitConfig,
+) -> None:
+    config = retrain_config
     watch = VerdictWatch(config)
     with detector(config, "before-restart") as first:
-        score_then_label(config, watch, range(1000))
-        wait_for(lambda: first.extension.scored.matched == 1000, 30, "1000 joined labels")
-    assert first.summary.labels == 1000
+        produce(config, config.topics.transactions, [transaction(i) for i in range(2000)])
+        wait_for(lambda: watch.count() >= 2000, 60, "2000 verdicts")
+    assert first.summary.verdicts == 2000 and first.summary.labels == 0
     spec = Registry(config.registry.path).load("v1").manifest["feature_spec"]
-    buffer = LabelBuffer.for_spec(config.retrain.buffer_path, spec, "reader", config.retrain.buffer_max_rows)
-    assert buffer.rows() == 1000
+    feature_log = FeatureLog(config.retrain.feature_log_url, spec, "reader")
+    assert sum(item.rows for item in feature_log.files("rows")) == 2000  # flushed at stop
+    assert {item.detector for item in feature_log.files("rows")} == {"before-restart"}
+    assert feature_log.files("labels") == []
 
+    # The chargebacks come once the detector that scored their transactions is gone.
     with detector(config, "after-restart") as second:
-        wait_for(lambda: any("label buffer" in line for line in second.logs), 30, "the buffer to load")
-        assert second.extension.stats.buffer_rows == 1000
-        score_then_label(config, watch, range(1000, 1500))
-        wait_for(lambda: second.extension.scored.matched == 500, 30, "500 joined labels")
-    assert second.summary.verdicts == 500
+        wait_for(lambda: any("feature log" in line for line in second.logs), 30, "the feature log to open")
+        produce(config, config.topics.labels, [truth(i) for i in range(2000)])
+        wait_for(lambda: second.extension.stats.last is not None, 150, "a retraining outcome")
+    summary = second.summary
     watch.close()
 
-    assert any("1,000 labelled rows in 1 file(s)" in line for line in second.logs)
-    frame = buffer.read_frame()
-    assert frame["transaction_id"].tolist() == [transaction(i).transaction_id for i in range(1500)]
-    assert frame["label"].tolist() == [truth(i).label for i in range(1500)]
-    assert frame["amount"].tolist() == [amount_of(i) for i in range(1500)]
-    assert Counter(frame["detector"]) == {"before-restart": 1000, "after-restart": 500}
-    assert set(frame["model_version"]) == {"v1"}
+    assert any("2,000 scored rows in" in line for line in second.logs)
+    event = second.extension.stats.last
+    assert event is not None and event["type"] == "model_published", event
+    assert event["rows"]["window"] == 2000  # every label found the row another detector logged
+    assert event["buffer"]["logged_rows"] == 2000 and event["buffer"]["logged_labels"] == 2000
+    assert summary.verdicts == 0 and summary.labels == 2000
+    assert summary.model_versions == ["v1", "v2"]
+    assert Registry(config.registry.path).current_version() == "v2"
 
 
 def test_two_detectors_swap_on_one_announcement(retrain_config: FraudkitConfig) -> None:
@@ -434,7 +440,7 @@ def test_two_detectors_swap_on_one_announcement(retrain_config: FraudkitConfig) 
     watch.close()
 
     assert trainer.extension.stats.jobs == 1 and scorer.extension.stats.jobs == 0
-    # The trainer counted both detectors' rows in the shared buffer and trained on all of them.
+    # The trainer joined the labels to both detectors' logged rows and trained on all of them.
     assert trainer.extension.stats.last["rows"]["window"] == 3000
     assert scorer.extension.stats.swaps_announced == 1
     assert trainer_summary.model_versions == ["v1", "v2"] and scorer_summary.model_versions == ["v1", "v2"]
@@ -442,9 +448,16 @@ def test_two_detectors_swap_on_one_announcement(retrain_config: FraudkitConfig) 
     assert len(after) == 600
     assert {v["model_version"] for v in after} == {"v2"}
     assert {v["detector"] for v in after} == {"trainer-t", "scorer-s"}
-    # Both detectors' labelled rows went into the one shared buffer.
+    # Both detectors logged their scored rows into the one shared feature log, and every label.
     spec = Registry(retrain_config.registry.path).load("v1").manifest["feature_spec"]
-    buffer = LabelBuffer.for_spec(retrain_config.retrain.buffer_path, spec, "reader", 10**6)
-    assert {item.detector for item in buffer.files()} == {"trainer-t", "scorer-s"}
-    assert buffer.rows() == 3000
+    feature_log = FeatureLog(retrain_config.retrain.feature_log_url, spec, "reader")
+    logged = Counter()
+    for item in feature_log.files("rows"):
+        logged[item.detector] += item.rows
+    assert set(logged) == {"trainer-t", "scorer-s"}
+    assert sum(logged.values()) == 3600
+    labels_by_detector = Counter()
+    for item in feature_log.files("labels"):
+        labels_by_detector[item.detector] += item.rows
+    assert labels_by_detector == {"trainer-t": 3000, "scorer-s": 3000}
     assert [a["type"] for a in control_events(retrain_config)] == ["model_published"]

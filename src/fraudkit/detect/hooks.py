@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fraudkit.config import FraudkitConfig
 from fraudkit.detect.holder import ModelHolder
+from fraudkit.detect.settings import DetectSummary
+from fraudkit.features import OnlineFeatures
 from fraudkit.schema import Label, Transaction
+
+if TYPE_CHECKING:
+    from fraudkit.stream.kafka import Consumer, Message, Producer
 
 LogCallback = Callable[[str], None]
 
@@ -24,6 +30,10 @@ class DetectContext:
     instance_id: str
     stop: threading.Event
     log: LogCallback
+    # The run's summary (extensions may fill `summary.state`) and the next offset of each labels
+    # partition consumed so far (what a terminal-label snapshot covers).
+    summary: DetectSummary | None = None
+    label_positions: dict[int, int] = field(default_factory=dict)
 
 
 class DetectExtension:
@@ -49,6 +59,26 @@ class DetectExtension:
 
     def on_labels(self, labels: Sequence[Label]) -> None:
         """Labels just consumed from the labels topic (already applied to the feature state)."""
+
+    def restore_labels(self, features: OnlineFeatures, partitions: list[int]) -> dict[int, int] | None:
+        """Before the labels consumer starts: load saved label state; return where to resume per partition."""
+        return None
+
+    def on_assign(self, consumer: Consumer, partitions: list[int]) -> None:
+        """Partitions of the transactions topic just assigned, before any of their messages is processed."""
+
+    def on_revoke(self, partitions: list[int], lost: bool) -> None:
+        """Partitions taken away, after their last batch was settled (not settled when `lost`)."""
+
+    def on_batch_produce(
+        self,
+        producer: Producer,
+        transactions: Sequence[Transaction],
+        sources: Sequence[Message],
+        on_delivery: Callable[..., None],
+    ) -> None:
+        """While a batch's outputs are produced (inside its transaction in exactly-once mode), before
+        its offsets are committed; `sources[i]` is the message transactions[i] came from."""
 
     def on_stop(self) -> None:
         """After the loop ended and the last batch was committed."""

@@ -3,8 +3,10 @@ it to the feature state, the live quality figures and the extensions."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fraudkit.detect.holder import ModelHolder
 from fraudkit.detect.hooks import DetectExtension
@@ -37,9 +39,13 @@ class LabelFeed:
         self.quality = quality
         self.summary = summary
         self.extensions = extensions
+        # The next offset of each labels partition consumed so far (what a label snapshot covers).
+        self.positions: dict[int, int] = {}
+        self.catch_up_partitions: list[int] = []
 
     def open(self) -> None:
-        """Assign every labels partition, from the beginning (warm labels) or the end."""
+        """Assign every labels partition: where saved label state ends (an extension's
+        `restore_labels`), else from the beginning (warm labels) or the end."""
         from fraudkit.stream import kafka
 
         consumer = self.consumer
@@ -50,19 +56,56 @@ class LabelFeed:
             raise BrokerError(f"cannot read metadata of topic {topic!r}: {exc}") from None
         partitions = sorted(metadata.topics[topic].partitions) if topic in metadata.topics else []
         start = kafka.OFFSET_BEGINNING if self.settings.labels_from_beginning else kafka.OFFSET_END
+        offsets: dict[int, int] | None = None
+        for extension in self.extensions:
+            offsets = extension.restore_labels(self.holder.features, partitions) or offsets
+        self.positions.update(offsets or {})
+        # Read to the end before the first batch only where we know where we start from.
+        self.catch_up_partitions = partitions if (offsets or self.settings.labels_from_beginning) else []
         # The labels topic is partitioned independently of the transactions this detector owns.
-        # Nothing is committed: the feature state lives in memory, so a restart re-reads what is retained.
-        consumer.assign([kafka.TopicPartition(topic, p, start) for p in partitions])
+        consumer.assign([kafka.TopicPartition(topic, p, (offsets or {}).get(p, start)) for p in partitions])
 
-    def poll(self) -> None:
-        """Apply the labels fetched so far (never waits)."""
-        messages = self.consumer.consume(LABELS_PER_POLL, 0)
+    def catch_up(self, stop: threading.Event, note: Callable[[str], None]) -> None:
+        """Before the first batch, read the labels topic to its end (deadline: the delivery timeout).
+
+        Otherwise a (re)started detector would score its first batches before it had read labels
+        an uninterrupted detector already knew: terminal fraud rates, and so verdicts, would differ.
+        """
+        if not self.catch_up_partitions:
+            return
+        from fraudkit.stream import kafka
+
+        consumer = self.consumer
+        topic = self.settings.topics.labels
+        try:
+            ends = {
+                p: consumer.get_watermark_offsets(kafka.TopicPartition(topic, p), timeout=10)[1]
+                for p in self.catch_up_partitions
+            }
+        except kafka.KafkaException as exc:
+            note(f"cannot read the end offsets of {topic} ({exc.args[0].str()}); not catching up")
+            return
+        timeout_s = self.settings.delivery_timeout_s
+        deadline = time.monotonic() + timeout_s
+        positions = self.positions
+        while any(end > 0 and positions.get(p, -1) < end for p, end in ends.items()):
+            if time.monotonic() >= deadline or stop.is_set():
+                note(f"{topic} not read to its end within {timeout_s:g}s; scoring starts anyway")
+                return
+            self.poll(timeout_s=0.2)
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Apply the labels fetched so far (waiting up to timeout_s for the first)."""
+        messages = self.consumer.consume(LABELS_PER_POLL, timeout_s)
         if not messages:
             return
         labels: list[Label] = []
+        positions = self.positions
+        message: Any
         for message in messages:
             if message.error() is not None:
                 continue
+            positions[message.partition()] = message.offset() + 1
             try:
                 labels.append(decode_label(message.value()))
             except InvalidMessage:

@@ -96,7 +96,7 @@ class DetectLoop:
         self.watch = clients.watch
         self.outage_logged = False
         self._reported_ahead = 0
-        self.router = OutputRouter(self.producer, settings, self.summary)
+        self.router = OutputRouter(self.producer, settings, self.summary, self.extensions)
         committer_class = TransactionalCommitter if settings.exactly_once else AckCommitter
         self.committer: Committer = committer_class(
             self.consumer,
@@ -154,9 +154,18 @@ class DetectLoop:
             on_lost=self._on_lost,
         )
         self.committer.start()
-        context = DetectContext(self.config, self.holder, self.settings.instance_id, self.stop, self.log)
+        context = DetectContext(
+            self.config,
+            self.holder,
+            self.settings.instance_id,
+            self.stop,
+            self.log,
+            self.summary,
+            self.labels.positions,
+        )
         for extension in self.extensions:
             extension.on_start(context)
+        self.labels.catch_up(self.stop, self._note)
         # Long-lived state (model, feature state) is frozen out of the collector, and young
         # collections run less often: the hot loop makes many short-lived containers, few cycles.
         gc.collect()
@@ -271,6 +280,8 @@ class DetectLoop:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.assigned.update(p.partition for p in partitions)
+        for extension in self.extensions:
+            extension.on_assign(consumer, [p.partition for p in partitions])
         self.bounds.assigned(bool(self.assigned))
         if self.telemetry is not None:
             self.telemetry.assigned(sorted(self.assigned))
@@ -282,6 +293,8 @@ class DetectLoop:
         if not self.closing:
             self.committer.on_revoke()
         self.assigned.difference_update(p.partition for p in partitions)
+        for extension in self.extensions:
+            extension.on_revoke([p.partition for p in partitions], False)
         self.bounds.assigned(bool(self.assigned))
         if not self.closing:
             self.log(f"revoked partitions {sorted(p.partition for p in partitions)} (rebalance)")
@@ -295,6 +308,8 @@ class DetectLoop:
         else:
             self.committer.on_lost()
         self.assigned.difference_update(p.partition for p in partitions)
+        for extension in self.extensions:
+            extension.on_revoke([p.partition for p in partitions], True)
         self.bounds.assigned(bool(self.assigned))
         if not self.closing:
             self._note(f"lost partitions {sorted(p.partition for p in partitions)} (session timed out)")

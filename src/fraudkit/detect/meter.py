@@ -99,6 +99,7 @@ class StatusMeter:
             exactly_once=self.settings.exactly_once,
             notes=notes,
             drift=telemetry.drift_check() if telemetry is not None else {},
+            state=dict(summary.state),
         )
         if telemetry is not None:
             telemetry.observe_status(status, lag or {})

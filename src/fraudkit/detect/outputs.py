@@ -4,11 +4,13 @@ the dead-letter topic (bounded), and the bookkeeping of what the producer or bro
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from orjson import loads as orjson_loads
 
 from fraudkit.detect.codec import dead_letter
+from fraudkit.detect.hooks import DetectExtension
 from fraudkit.detect.scoring import ScoredBatch
 from fraudkit.detect.settings import DetectSettings, DetectSummary
 from fraudkit.errors import BrokerError
@@ -29,7 +31,13 @@ def too_large_error(kafka: Any, error: KafkaError) -> bool:
 class OutputRouter:
     """Produces a batch's outputs; failures are counted (checked before offsets are committed)."""
 
-    def __init__(self, producer: Producer, settings: DetectSettings, summary: DetectSummary) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        settings: DetectSettings,
+        summary: DetectSummary,
+        extensions: Sequence[DetectExtension] = (),
+    ) -> None:
         from fraudkit.stream import kafka
 
         self.kafka = kafka
@@ -37,6 +45,7 @@ class OutputRouter:
         self.settings = settings
         self.topics = settings.topics
         self.summary = summary
+        self.extensions = extensions
         self.delivery_errors: list[str] = []
         self.delivery_failures = 0
         # Outputs the broker refused as too large (topic, key, value, error), waiting to be dead-lettered.
@@ -83,6 +92,11 @@ class OutputRouter:
                     self.send(verdict_topic, verdict, transaction.card_id, None)
             except kafka_exception as exc:
                 self._output_refused(message, verdict_topic, exc)
+        if batch.transactions and self.extensions:
+            # Durable state goes out with the outputs, before the offsets (fraudkit.state).
+            sources = [messages[index] for index in batch.good]
+            for extension in self.extensions:
+                extension.on_batch_produce(self.producer, batch.transactions, sources, failed)
 
     def send(self, topic: str, value: bytes | None, key: Any, headers: Any) -> None:
         """Produce one message, serving delivery reports while the local queue is full (never drop)."""

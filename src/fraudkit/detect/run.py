@@ -106,6 +106,11 @@ def run_detect(
         config,
         [topics.transactions, topics.legit, topics.fraud, topics.verdicts, topics.labels, topics.dead_letter],
     )
+    if config.state.enabled:
+        from fraudkit.state.store import StateExtension
+
+        # First: it installs the features the other extensions see and restores before they run.
+        extensions = [StateExtension(config), *extensions]
     if telemetry is not None:
         extensions = [*extensions, telemetry]
     settings = DetectSettings.resolve(config, options)

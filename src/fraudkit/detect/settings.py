@@ -32,6 +32,7 @@ class DetectSummary:
     quality: dict[str, dict[str, Any]] = field(default_factory=dict)
     exactly_once: bool = False
     stopped_because: str = ""
+    state: dict[str, Any] = field(default_factory=dict)  # durable state figures (fraudkit.state)
 
     @property
     def legit(self) -> int:
@@ -66,6 +67,7 @@ class DetectSummary:
             "detector": self.detector,
             "exactly_once": self.exactly_once,
             "stopped_because": self.stopped_because,
+            "state": dict(self.state),
         }
 
 

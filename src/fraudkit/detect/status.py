@@ -164,6 +164,9 @@ class DetectStatus:
     exactly_once: bool
     notes: list[str] = field(default_factory=list)
     drift: dict[str, Any] = field(default_factory=dict)  # DriftReport.to_dict() once the window is full
+    state: dict[str, Any] = field(
+        default_factory=dict
+    )  # durable state: restores, restored cards (state_text)
 
     @property
     def fraud_rate(self) -> float:
@@ -235,7 +238,25 @@ def status_fields(status: DetectStatus) -> dict[str, Any]:
         )
     if status.drift:
         fields["drift"] = status.drift
+    if status.state:
+        fields["state"] = status.state
     return fields
+
+
+def state_text(state: dict[str, Any]) -> str:
+    """The panel's durable-state line: restore progress, restored cards, changelog writes."""
+    restoring = state.get("restoring")
+    progress = (
+        f"restoring partitions {restoring} ({state.get('restore_records', 0):,} records read) · "
+        if restoring is not None
+        else ""
+    )
+    return (
+        f"state: {progress}{state.get('restored_cards', 0):,} cards restored in "
+        f"{state.get('restores', 0)} restore(s), {state.get('restore_s', 0.0):.2f}s · "
+        f"{state.get('changelog_records', 0):,} changelog records · "
+        f"{state.get('terminal_labels_restored', 0):,} terminal labels from snapshot"
+    )
 
 
 def _drift_text(drift: dict[str, Any]) -> str:
@@ -314,6 +335,8 @@ def render_panel(status: DetectStatus) -> RenderableType:
                 style="bold red" if drifted else "green",
             )
         )
+    if status.state:
+        parts.append(Text(state_text(status.state), style="cyan"))
     parts.extend(Text(printable(note), style="yellow") for note in status.notes[-3:])
     mode = "exactly-once" if status.exactly_once else "at-least-once"
     return Panel(

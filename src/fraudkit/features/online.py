@@ -518,6 +518,83 @@ class OnlineFeatures:
         for card_id, _ in by_recency[:how_many]:
             del self._cards[card_id]
 
+    # -- state export and import (durable state: fraudkit.state) --------------------------------
+    # Plain lists and dicts, so a codec can serialise them without knowing the slot layout. A card's
+    # export keeps only the rows inside its longest window and every running sum bit for bit, so an
+    # imported card computes exactly the features the exported one would have.
+
+    def card_ids(self) -> list[str | None]:
+        """The cards with state."""
+        return list(self._cards)
+
+    def export_card(self, card_id: str | None) -> list[Any] | None:
+        """[last_time, last_lat, last_lon, times, amounts, heads, sums, countries, terminals], or None."""
+        card = self._cards.get(card_id)
+        if card is None:
+            return None
+        window_count = len(self.spec.card_windows_ms)
+        # Rows before every window's head (the longest window's, in time order) are garbage.
+        base = min(getattr(card, f"head_{k}") for k in range(window_count))
+        return [
+            card.last_time,
+            card.last_lat,
+            card.last_lon,
+            card.times[base:],
+            card.amounts[base:],
+            [getattr(card, f"head_{k}") - base for k in range(window_count)],
+            [getattr(card, f"sum_{k}") for k in range(window_count)],
+            dict(card.countries),
+            dict(card.terminals),
+        ]
+
+    def import_card(self, card_id: str | None, state: Sequence[Any]) -> None:
+        """Install a card exported by `export_card` (replacing any state of that card)."""
+        last_time, last_lat, last_lon, times, amounts, heads, sums, countries, terminals = state
+        window_count = len(self.spec.card_windows_ms)
+        if len(heads) != window_count or len(sums) != window_count or len(times) != len(amounts):
+            raise ValueError("card state does not fit this feature spec")
+        card = _card_state_class(window_count)()
+        card.times = list(times)
+        card.amounts = list(amounts)
+        card.last_time = last_time
+        card.last_lat = last_lat
+        card.last_lon = last_lon
+        card.countries = dict(countries)
+        card.terminals = dict(terminals)
+        for k in range(window_count):
+            setattr(card, f"head_{k}", heads[k])
+            setattr(card, f"sum_{k}", sums[k])
+        self._cards[card_id] = card
+
+    def drop_cards(self, card_ids: Iterable[str | None]) -> int:
+        """Forget these cards (a partition moved away); returns how many had state."""
+        cards = self._cards
+        dropped = 0
+        for card_id in card_ids:
+            if cards.pop(card_id, None) is not None:
+                dropped += 1
+        return dropped
+
+    def scratch_copy(self, card_ids: Iterable[str | None]) -> OnlineFeatures:
+        """Features sharing this one's terminal labels, with copies of these cards only.
+
+        Transforming with it leaves this object's cards untouched (terminal cursors are caches that
+        move either way): a row already folded into the state can be scored again without counting twice.
+        """
+        scratch = OnlineFeatures(self.spec)
+        scratch._terminals = self._terminals
+        scratch._label_floor = self._label_floor
+        for card_id in card_ids:
+            state = self.export_card(card_id)
+            if state is not None:
+                scratch.import_card(card_id, state)
+        return scratch
+
+    def export_terminal_labels(self) -> Iterable[tuple[str, list[int], list[int]]]:
+        """(terminal_id, event times, fraud flags) of every kept label, per terminal."""
+        for terminal_id, labels in self._terminals.items():
+            yield terminal_id, labels.times[:-1], labels.fraud_flags[:-1]
+
     def state_counts(self) -> dict[str, int]:
         """Sizes of the state, for status panels (cheap: no scan)."""
         return {

@@ -1,14 +1,16 @@
-"""Live retraining inside `fraudkit detect`: label join, the Parquet label buffer, the retraining
-process, champion/challenger outcomes and the control-topic announcements every detector swaps on.
+"""Live retraining inside `fraudkit detect`: the feature log, the retraining process,
+champion/challenger outcomes and the control-topic announcements every detector swaps on.
 
 `RetrainExtension` plugs into the scoring loop through `DetectExtension` hooks. On the loop's
-thread it only does cheap work: remember scored rows, join arriving labels and poll the control
-topic without waiting. One background thread per detector writes buffer files, loads announced
-models (`ModelHolder.offer`, swapped between batches) and, on the trainer, counts new rows in the
-buffer and supervises the retraining process (`fraudkit.retrain.worker`): scoring never pauses.
+thread it only does cheap work: buffer scored rows and arriving labels for the feature log
+(`fraudkit.retrain.feature_log`) and poll the control topic without waiting. One background
+thread per detector writes the feature log's files, loads announced models
+(`ModelHolder.offer`, swapped between batches) and, on the trainer, counts new labels and
+supervises the retraining process (`fraudkit.retrain.worker`, which joins labels to logged rows
+in Spark): scoring never pauses.
 
-Roles (`retrain.role`): every detector joins labels into the shared buffer and swaps on
-announcements. `scorer` never retrains. `all` and `trainer` retrain when they hold the trainer
+Roles (`retrain.role`): every detector logs its scored rows and the labels into the shared
+feature log and swaps on announcements. `scorer` never retrains. `all` and `trainer` retrain when they hold the trainer
 lock (an exclusive `flock` on `buffer_path/trainer.lock`), so exactly one detector sharing the
 buffer retrains; another takes over if it stops. See docs/retraining.md.
 """
@@ -38,7 +40,7 @@ import numpy as np
 
 from fraudkit.config import FraudkitConfig
 from fraudkit.detect import DetectContext, DetectExtension
-from fraudkit.retrain.buffer import LabelBuffer, LabelledBlock, ScoredRows
+from fraudkit.retrain.feature_log import FeatureLog
 from fraudkit.schema import SCHEMA_VERSION, InvalidMessage, decode_control, encode
 from fraudkit.textsafe import printable
 
@@ -56,10 +58,7 @@ MODEL_REJECTED = "model_rejected"
 RETRAIN_FAILED = "retrain_failed"
 EVENT_TYPES = {"published": MODEL_PUBLISHED, "rejected": MODEL_REJECTED, "failed": RETRAIN_FAILED}
 LOCK_FILE = "trainer.lock"
-# Joined rows are written in files of about this many rows, or after this long.
-FLUSH_ROWS = 5000
-FLUSH_EVERY_S = 5.0
-# How often the trainer counts new rows in the buffer directory.
+# How often the trainer counts the labels written to the feature log.
 SCAN_EVERY_S = 1.0
 CONTROL_MESSAGES_PER_POLL = 100
 STOP_WAIT_S = 60.0
@@ -361,7 +360,7 @@ _STOP = object()
 
 
 class RetrainExtension(DetectExtension):
-    """Label join + buffer, control-topic swaps, and (for the trainer) retraining with champion/challenger."""
+    """Feature log, control-topic swaps, and (for the trainer) retraining with champion/challenger."""
 
     def __init__(
         self,
@@ -376,13 +375,9 @@ class RetrainExtension(DetectExtension):
         self.on_outcome = on_outcome
         self.worker_command = worker_command
         self.stats = RetrainStats()
-        self.scored = ScoredRows(self.settings.pending_rows)
-        self._joined: list[LabelledBlock] = []
-        self._joined_rows = 0
-        self._last_flush = time.monotonic()
         self._tasks: queue.Queue[Any] = queue.Queue()
         self._job: RetrainJob | None = None
-        self._seen_files: set[str] = set()
+        self._labels_logged = 0  # labels written since the trainer last counted (writer thread only)
         self._next_scan = 0.0
         self._offered: set[str] = set()
         self._lock_warned = False
@@ -395,7 +390,7 @@ class RetrainExtension(DetectExtension):
     # -- hooks (the loop's thread) --------------------------------------------------------------
 
     def on_start(self, context: DetectContext) -> None:
-        """Open the buffer, the control reader and (trainer side) the lock, then start the background thread."""
+        """Open the feature log, the control reader and (trainer side) the lock, then start the background thread."""
         from fraudkit.stream import kafka
 
         self.context = context
@@ -403,11 +398,12 @@ class RetrainExtension(DetectExtension):
         self.instance_id = context.instance_id
         self.log = context.log
         self._use_spec(self.holder.spec)
-        files = self.buffer.files()
-        self._seen_files = {item.path.name for item in files}
-        self.stats.buffer_rows = sum(item.rows for item in files)
+        rows = self.feature_log.files("rows")
+        labels = self.feature_log.files("labels")
+        self.stats.buffer_rows = sum(item.rows for item in labels)
         self.log(
-            f"label buffer {self.buffer.directory}: {self.stats.buffer_rows:,} labelled rows in {len(files)} file(s)"
+            f"feature log {self.feature_log.url}: {sum(item.rows for item in rows):,} scored rows in "
+            f"{len(rows)} file(s), {self.stats.buffer_rows:,} labels in {len(labels)} file(s)"
         )
         kafka.ensure_topics(self.config, [self.config.topics.control])
         self._control = self._open_control_reader()
@@ -433,25 +429,19 @@ class RetrainExtension(DetectExtension):
         scores: np.ndarray,
         model_version: str,
     ) -> None:
-        """Remember what the model saw, to join the labels that arrive later."""
+        """Log what the model saw (buffered; the writer thread writes it to the feature log)."""
         if self.holder.spec is not self._spec:
             self._flush()
-            self.scored.clear()
             self._use_spec(self.holder.spec)
-        self.scored.add(transactions, features, scores, model_version, time.time_ns() // 1_000_000)
+        self.feature_log.add_rows(transactions, features, scores, model_version, time.time_ns() // 1_000_000)
 
     def on_labels(self, labels: Sequence[Label]) -> None:
-        """Join labels to the rows this detector scored (labels of others' transactions find none)."""
-        block = self.scored.join(labels)
-        if block is not None:
-            self._joined.append(block)
-            self._joined_rows += len(block)
+        """Log labels as they arrive; the retraining joins them to logged rows, whoever scored them."""
+        self.feature_log.add_labels(labels)
 
     def between_batches(self) -> None:
-        """Hand joined rows to the writer and read announcements; never waits."""
-        if self._joined_rows >= FLUSH_ROWS or (
-            self._joined and time.monotonic() - self._last_flush >= FLUSH_EVERY_S
-        ):
+        """Hand buffered rows and labels to the writer and read announcements; never waits."""
+        if self.feature_log.due():
             self._flush()
         self._poll_control()
 
@@ -477,18 +467,20 @@ class RetrainExtension(DetectExtension):
     def _use_spec(self, spec: FeatureSpec) -> None:
         self._spec = spec
         self._spec_dict = spec.to_dict()
-        self.buffer = LabelBuffer.for_spec(
-            self.settings.buffer_path, self._spec_dict, self.instance_id, self.settings.buffer_max_rows
+        settings = self.settings
+        self.feature_log = FeatureLog(
+            settings.feature_log_url,
+            self._spec_dict,
+            self.instance_id,
+            settings.feature_log_flush_batches,
+            settings.feature_log_flush_s,
+            settings.feature_log_horizon_days,
         )
 
     def _flush(self) -> None:
-        self._last_flush = time.monotonic()
-        if not self._joined:
-            return
-        block = LabelledBlock.concat(self._joined)
-        self._joined = []
-        self._joined_rows = 0
-        self._tasks.put(("write", self.buffer, block))
+        rows, labels = self.feature_log.take()
+        if rows is not None or labels is not None:
+            self._tasks.put(("write", self.feature_log, rows, labels))
 
     def _lock_taken(self) -> None:
         if self._lock_warned or self.lock is None:
@@ -577,25 +569,25 @@ class RetrainExtension(DetectExtension):
     def _run_task(self, task: tuple[Any, ...]) -> None:
         kind = task[0]
         if kind == "write":
-            buffer, block = task[1], task[2]
-            buffer.write(block)
-            self.stats.buffer_files_written += 1
-            self.stats.buffer_rows = buffer.rows()
+            feature_log, rows, labels = task[1], task[2], task[3]
+            self.stats.buffer_files_written += feature_log.write(rows, labels)
+            if labels is not None:
+                self._labels_logged += labels.num_rows
+                self.stats.buffer_rows += labels.num_rows
         elif kind == "load":
             self._load_and_offer(task[1], task[2])
 
     def _tick(self) -> None:
-        """Count new labelled rows in the shared buffer (every detector's files); start a job when due."""
+        """Count new labels in the feature log (every detector's files); start a job when due."""
         assert self.policy is not None and self.lock is not None
         now = time.monotonic()
         if now < self._next_scan:
             return
         self._next_scan = now + SCAN_EVERY_S
-        files = self.buffer.files()
-        names = {item.path.name for item in files}
-        self.policy.observe(sum(item.rows for item in files if item.path.name not in self._seen_files))
-        self._seen_files = names
-        self.stats.buffer_rows = sum(item.rows for item in files)
+        # Every detector reads and logs every label: the trainer counts those it logged itself
+        # (counted on this thread, after they were written, so a job started now finds them).
+        new_labels, self._labels_logged = self._labels_logged, 0
+        self.policy.observe(new_labels)
         if self._job is not None or not self.policy.due(now):
             return
         new_rows = self.policy.labels_since
@@ -609,7 +601,7 @@ class RetrainExtension(DetectExtension):
         )
         self.stats.jobs += 1
         self.log(
-            f"retraining started after {new_rows:,} new labelled rows: {self.stats.buffer_rows:,} in the buffer, "
+            f"retraining started after {new_rows:,} new labels: {self.stats.buffer_rows:,} in the feature log, "
             f"champion {champion} (process {self._job.process.pid})"
         )
 

@@ -1,4 +1,4 @@
-"""The retraining process: Spark reads the label buffer, PyTorch trains a challenger, the challenger
+"""The retraining process: Spark joins the feature log's labels to its logged rows, PyTorch trains a challenger, the challenger
 meets the champion on the most recent labelled rows it did not train on, and the winner is recorded.
 
 The detector runs it as `python -m fraudkit.retrain.worker JOB_DIR` in its own process group at a
@@ -6,7 +6,8 @@ lower CPU priority (scoring keeps its core); it reads JOB_DIR/job.json and write
 JOB_DIR/result.json atomically. A result is always written for errors it can name (no data,
 diverged training, ...); a crash leaves no result and the detector reports the exit code and log.
 
-The window: Spark de-duplicates the buffer's rows by transaction, keeps the most recent
+The window: Spark joins each logged label to its transaction's logged row (one of each per
+transaction, however late the label came and whoever scored it: `read_window`), keeps the most recent
 `retrain.window_rows` by event time, then in time order the oldest part trains, the next
 `holdout_fraction` of it validates (early stopping and threshold, as in `fraudkit train`), and
 the most recent `holdout_fraction` of the window is held out for champion/challenger.
@@ -213,7 +214,7 @@ def load_champion(config: FraudkitConfig, version: str, feature_names: Sequence[
 
     model = Registry(config.registry.path).load(version)
     if list(model.feature_names) != list(feature_names):
-        raise ModelError(f"champion {version}: its features differ from the label buffer's")
+        raise ModelError(f"champion {version}: its features differ from the feature log's")
     return model
 
 
@@ -234,19 +235,33 @@ def worker_spark_config(config: FraudkitConfig) -> SparkConfig:
 
 
 def read_window(
-    spark: Any, files: Sequence[Path | str], feature_names: Sequence[str], window_rows: int
+    spark: Any, rows_path: str, labels_path: str, feature_names: Sequence[str], window_rows: int
 ) -> pd.DataFrame:
-    """The most recent `window_rows` labelled rows (one per transaction), oldest first, via Spark."""
+    """The most recent `window_rows` logged rows that have a label (one per transaction), oldest first.
+
+    The join of the feature log (`fraudkit.retrain.feature_log`) in Spark: however late a label came
+    and whichever detector scored its transaction. A transaction scored twice (an at-least-once
+    replay) keeps its latest row; a label logged by several detectors counts once.
+    """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     from fraudkit.model.train import KEY_COLUMNS
 
-    frame = spark.read.parquet(*[str(path) for path in files]).where(F.col("label").isin(0, 1))
-    # A transaction scored twice (at-least-once replay) keeps its latest row.
-    latest = Window.partitionBy("transaction_id").orderBy(F.col("scored_ms").desc(), F.col("detector"))
-    frame = frame.withColumn("_rank", F.row_number().over(latest)).where(F.col("_rank") == 1)
-    newest = frame.orderBy(F.col("event_time_ms").desc(), F.col("transaction_id").desc()).limit(window_rows)
+    rows = spark.read.option("basePath", rows_path).parquet(rows_path).drop("day")
+    labels = spark.read.option("basePath", labels_path).parquet(labels_path).where(F.col("label").isin(0, 1))
+    newest_row = Window.partitionBy("transaction_id").orderBy(F.col("scored_ms").desc(), F.col("detector"))
+    rows = rows.withColumn("_rank", F.row_number().over(newest_row)).where(F.col("_rank") == 1).drop("_rank")
+    newest_label = Window.partitionBy("transaction_id").orderBy(
+        F.col("labelled_ms").desc_nulls_last(), F.col("detector")
+    )
+    labels = (
+        labels.withColumn("_rank", F.row_number().over(newest_label))
+        .where(F.col("_rank") == 1)
+        .select("transaction_id", "label")
+    )
+    joined = rows.join(labels, "transaction_id", "inner")
+    newest = joined.orderBy(F.col("event_time_ms").desc(), F.col("transaction_id").desc()).limit(window_rows)
     table = newest.select(*KEY_COLUMNS, *feature_names).toPandas()
     table["label"] = table["label"].astype(np.int64)
     return table.sort_values(["event_time_ms", "transaction_id"], kind="mergesort").reset_index(drop=True)
@@ -257,7 +272,7 @@ def run_job(job: dict[str, Any], log: Callable[[str], None] = print) -> dict[str
     from fraudkit.data.spark import spark_session
     from fraudkit.model.registry import Registry
     from fraudkit.model.train import data_fingerprint, drift_reference
-    from fraudkit.retrain.buffer import LabelBuffer
+    from fraudkit.retrain.feature_log import FeatureLog
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -272,23 +287,32 @@ def run_job(job: dict[str, Any], log: Callable[[str], None] = print) -> dict[str
         "min_improvement": retrain.min_improvement,
     }
     champion = load_champion(config, champion_version, names)
-    buffer = LabelBuffer.for_spec(
-        retrain.buffer_path, spec, str(job.get("trainer", "")), retrain.buffer_max_rows
-    )
-    files = buffer.files()
-    if not files:
-        raise RetrainFailed(f"the label buffer {buffer.directory} holds no labelled rows yet")
-    result["buffer"] = {"files": len(files), "rows": sum(item.rows for item in files)}
+    log_store = FeatureLog(retrain.feature_log_url, spec, str(job.get("trainer", "")))
+    row_files, label_files = log_store.files("rows"), log_store.files("labels")
+    if not row_files or not label_files:
+        raise RetrainFailed(
+            f"the feature log {log_store.url} holds no {'scored rows' if not row_files else 'labels'} yet"
+        )
+    result["buffer"] = {
+        "row_files": len(row_files),
+        "logged_rows": sum(item.rows for item in row_files),
+        "label_files": len(label_files),
+        "logged_labels": sum(item.rows for item in label_files),
+    }
 
     phase = time.perf_counter()
     spark = spark_session(worker_spark_config(config), app_name="fraudkit-retrain")
     timings["spark_start_s"] = time.perf_counter() - phase
     try:
         phase = time.perf_counter()
-        table = read_window(spark, [item.path for item in files], names, retrain.window_rows)
+        table = read_window(
+            spark, log_store.spark_path("rows"), log_store.spark_path("labels"), names, retrain.window_rows
+        )
         timings["read_s"] = time.perf_counter() - phase
     finally:
         spark.stop()
+    if table.empty:
+        raise RetrainFailed(f"no label in the feature log {log_store.url} matches a logged row yet")
     log(f"window: {len(table):,} labelled rows ({int(table['label'].sum()):,} frauds)")
 
     import torch
@@ -315,7 +339,7 @@ def run_job(job: dict[str, Any], log: Callable[[str], None] = print) -> dict[str
     last_ms = int(table["event_time_ms"].iloc[-1])
     training = {
         "source": "live retraining",
-        "buffer_path": str(buffer.directory.resolve()),
+        "feature_log": log_store.url,
         "window": {"first_event_ms": first_ms, "last_event_ms": last_ms, **contest.split.counts},
         "champion_version": champion_version,
         "champion_metrics": contest.champion_metrics,

@@ -329,7 +329,7 @@ def ensure_topics(
                 else topics_config.partitions
             ),
             replication_factor=topics_config.replication_factor,
-            config={"retention.ms": str(topics_config.retention_ms)},
+            config=_topic_settings(config, name),
         )
         for name in missing
     ]
@@ -346,6 +346,52 @@ def ensure_topics(
                 ) from None
     _wait_for_topics(config, missing, timeout_s)
     return missing
+
+
+def _topic_settings(config: FraudkitConfig, name: str) -> dict[str, str]:
+    topics = config.topics
+    if name == topics.labels:
+        return {"retention.ms": str(topics.labels_retention_ms)}
+    return {"retention.ms": str(topics.retention_ms)}
+
+
+def ensure_changelog(config: FraudkitConfig, name: str, partitions: int, timeout_s: float = 15.0) -> bool:
+    """Create the compacted card-state changelog with `partitions` partitions; True if created.
+
+    BrokerError if it exists with another partition count: a changelog must be co-partitioned with
+    the topic whose state it holds (partition p's state in partition p).
+    """
+    existing = list_topics(config, timeout_s)
+    if name in existing:
+        if existing[name] != partitions:
+            raise BrokerError(
+                f"changelog topic {name!r} has {existing[name]} partitions, but its source topic has "
+                f"{partitions}: delete it (its state is rebuilt from scratch) or set state.changelog_topic"
+            )
+        return False
+    settings = {
+        # compact keeps each card's latest state; delete drops cards idle longer than any window.
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(config.topics.changelog_retention_ms),
+        "min.compaction.lag.ms": "0",
+        "segment.ms": str(min(config.topics.changelog_retention_ms, 86_400_000)),
+    }
+    topic = NewTopic(
+        name,
+        num_partitions=partitions,
+        replication_factor=config.topics.replication_factor,
+        config=settings,
+    )
+    admin = make_admin(config)
+    future = admin.create_topics([topic], request_timeout=timeout_s)[name]
+    try:
+        future.result(timeout=timeout_s)
+    except KafkaException as exc:
+        error = exc.args[0]
+        if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise BrokerError(f"cannot create topic {name!r}: {error.str()}") from None
+    _wait_for_topics(config, [name], timeout_s)
+    return True
 
 
 def _wait_for_topics(config: FraudkitConfig, names: list[str], timeout_s: float) -> None:

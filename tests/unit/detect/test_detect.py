@@ -367,7 +367,9 @@ class FakeConsumer:
     def position(self, partitions: list[Any]) -> list[Any]:
         return partitions
 
-    def get_watermark_offsets(self, partition: Any, cached: bool) -> tuple[int, int]:
+    def get_watermark_offsets(
+        self, partition: Any, cached: bool = False, timeout: float | None = None
+    ) -> tuple[int, int]:
         return (0, 0)
 
     def consumer_group_metadata(self) -> str:

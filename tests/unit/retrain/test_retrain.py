@@ -1,8 +1,7 @@
-"""Live retraining logic: label join, the Parquet buffer, triggers, the trainer lock, champion/challenger."""
+"""Live retraining logic: the feature log and its Spark join, triggers, the trainer lock, champion/challenger."""
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -14,13 +13,7 @@ import pandas as pd
 import pytest
 
 from fraudkit.config import FraudkitConfig
-from fraudkit.retrain.buffer import (
-    BUFFER_KEY_COLUMNS,
-    LabelBuffer,
-    LabelledBlock,
-    ScoredRows,
-    buffer_directory,
-)
+from fraudkit.errors import DataError
 from fraudkit.retrain.extension import (
     MODEL_PUBLISHED,
     RETRAIN_FAILED,
@@ -30,7 +23,8 @@ from fraudkit.retrain.extension import (
     control_message,
     outcome_summary,
 )
-from fraudkit.retrain.worker import RetrainFailed, decide, run_contest, split_window
+from fraudkit.retrain.feature_log import FeatureLog
+from fraudkit.retrain.worker import RetrainFailed, decide, read_window, run_contest, split_window
 from fraudkit.schema import Label, Transaction
 
 START_MS = 1_767_225_600_000
@@ -74,129 +68,95 @@ def label(index: int, value: int, labelled_ms: int | None = None) -> Label:
     )
 
 
-# -- ScoredRows --------------------------------------------------------------------------------
+# -- the feature log -----------------------------------------------------------------------
+
+LOG_SPEC = {"names": ["index", "double"], "version": 1}
+DAY_MS = 86_400_000
 
 
-def test_join_returns_the_scored_rows_of_labelled_transactions_once() -> None:
-    scored = ScoredRows(capacity=1000)
-    first = transactions(0, 10)
-    second = transactions(10, 10)
-    scored.add(first, features_of(first), np.linspace(0, 0.9, 10), "v1", 111)
-    scored.add(second, features_of(second), np.full(10, 0.5), "v2", 222)
+def test_rows_and_labels_are_logged_by_event_day_and_shared_by_detectors(tmp_path: Path) -> None:
+    first = FeatureLog(str(tmp_path), LOG_SPEC, "host-1", flush_batches=2, flush_s=60)
+    second = FeatureLog(str(tmp_path), LOG_SPEC, "host/2", flush_batches=2, flush_s=60)
+    rows = transactions(0, 10)
+    late = [
+        Transaction(transaction_id="tx-late", event_time_ms=START_MS + DAY_MS + 5, card_id="c", amount=1.0)
+    ]
+    first.add_rows(rows, features_of(rows), np.linspace(0, 1, 10), "v1", 111)
+    assert not first.due()  # one batch of two
+    first.add_rows(late, np.array([[7.0, 14.0]], dtype=np.float32), np.array([0.5]), "v2", 222)
+    assert first.due()
+    first.write(*first.take())
+    second.add_labels([label(3, 1, labelled_ms=999), label(4, 0)])
+    second.write(*second.take())
 
-    block = scored.join([label(3, 1, START_MS + 99), label(15, 0), label(99, 1)])
-
-    assert block is not None
-    assert block.transaction_id == ["tx-00003", "tx-00015"]
-    np.testing.assert_array_equal(block.features, [[3, 6], [15, 30]])
-    assert block.label.tolist() == [1, 0]
-    assert block.model_version == ["v1", "v2"]
-    assert block.scored_ms.tolist() == [111, 222]
-    assert block.labelled_ms.tolist() == [START_MS + 99, -1]
-    assert block.card_id == ["card-3", "card-1"]
-    np.testing.assert_allclose(block.score, [0.3, 0.5], rtol=1e-6)
-    assert (scored.matched, scored.unmatched) == (2, 1)
-    # A second label for the same transaction finds nothing left to join.
-    assert scored.join([label(3, 1)]) is None
-    assert scored.unmatched == 2
-    assert len(scored) == 18
-
-
-def test_scored_rows_forget_the_oldest_batches_beyond_capacity() -> None:
-    scored = ScoredRows(capacity=25)
-    for start in (0, 10, 20):
-        batch = transactions(start, 10)
-        scored.add(batch, features_of(batch), np.zeros(10), "v1", 1)
-
-    assert len(scored) == 20
-    assert scored.forgotten == 10
-    assert scored.join([label(5, 1)]) is None
-    block = scored.join([label(15, 1), label(25, 0)])
-    assert block is not None and block.transaction_id == ["tx-00015", "tx-00025"]
+    row_files = first.files("rows")
+    assert [(f.day, f.detector, f.rows) for f in row_files] == [
+        ("2026-01-01", "host-1", 10),
+        ("2026-01-02", "host-1", 1),
+    ]
+    label_files = first.files("labels")  # one directory for every detector and spec
+    assert [(f.day, f.detector, f.rows) for f in label_files] == [("2026-01-01", "host_2", 2)]
+    table = pd.read_parquet(row_files[0].path)
+    assert table["transaction_id"].tolist() == [tx.transaction_id for tx in rows]
+    assert table["double"].tolist() == [2.0 * i for i in range(10)]
+    assert set(table["model_version"]) == {"v1"} and set(table["scored_ms"]) == {111}
+    labels = pd.read_parquet(label_files[0].path)
+    assert labels["label"].tolist() == [1, 0] and labels["labelled_ms"].tolist()[0] == 999
+    assert first.take() == (None, None)
 
 
-def test_a_rescored_transaction_joins_its_newest_row_and_survives_eviction_of_the_old_one() -> None:
-    scored = ScoredRows(capacity=15)
-    batch = transactions(0, 10)
-    scored.add(batch, features_of(batch), np.zeros(10), "v1", 1)
-    replay = transactions(5, 1)
-    scored.add(replay, features_of(replay) + 100, np.ones(1), "v2", 2)
-    filler = transactions(100, 10)
-    scored.add(filler, features_of(filler), np.zeros(10), "v2", 3)  # evicts the first batch
-
-    block = scored.join([label(5, 1)])
-
-    assert block is not None
-    assert block.model_version == ["v2"]
-    np.testing.assert_array_equal(block.features, [[105, 110]])
-
-
-def test_a_different_feature_width_starts_afresh() -> None:
-    scored = ScoredRows(capacity=100)
-    batch = transactions(0, 5)
-    scored.add(batch, features_of(batch), np.zeros(5), "v1", 1)
-    wider = transactions(5, 5)
-    scored.add(wider, np.zeros((5, 3), dtype=np.float32), np.zeros(5), "v2", 2)
-
-    assert len(scored) == 5
-    assert scored.join([label(0, 1)]) is None
-    block = scored.join([label(6, 1)])
-    assert block is not None and block.features.shape == (1, 3)
+def test_days_older_than_the_horizon_leave_the_log(tmp_path: Path) -> None:
+    log = FeatureLog(str(tmp_path), LOG_SPEC, "d", flush_batches=1, horizon_days=2)
+    for day in range(5):
+        rows = [
+            Transaction(
+                transaction_id=f"tx-{day}", event_time_ms=START_MS + day * DAY_MS, card_id="c", amount=1.0
+            )
+        ]
+        log.add_rows(rows, np.zeros((1, 2), dtype=np.float32), np.zeros(1), "v1", 0)
+        log.add_labels([Label(f"tx-{day}", START_MS + day * DAY_MS, 0)])
+        log.write(*log.take())
+    assert [f.day for f in log.files("rows")] == ["2026-01-03", "2026-01-04", "2026-01-05"]
+    assert [f.day for f in log.files("labels")] == ["2026-01-03", "2026-01-04", "2026-01-05"]
+    assert log.days_deleted == 4
 
 
-# -- LabelBuffer -------------------------------------------------------------------------------
+def test_the_log_is_flushed_after_its_interval(tmp_path: Path) -> None:
+    log = FeatureLog(str(tmp_path), LOG_SPEC, "d", flush_batches=100, flush_s=0.05)
+    assert not log.due()  # nothing buffered
+    log.add_labels([label(1, 0)])
+    assert not log.due(time.monotonic())
+    assert log.due(time.monotonic() + 0.1)
 
 
-def joined_block(start: int, count: int) -> LabelledBlock:
-    scored = ScoredRows(capacity=10_000)
-    batch = transactions(start, count)
-    scored.add(batch, features_of(batch), np.full(count, 0.25), "v1", 5)
-    block = scored.join([label(i, i % 2) for i in range(start, start + count)])
-    assert block is not None
-    return block
+def test_the_log_refuses_feature_names_that_clash_with_its_columns(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="score"):
+        FeatureLog(str(tmp_path), {"names": ["amount", "score"]}, "d")
 
 
-def test_buffer_files_round_trip_and_are_shared_by_detectors(tmp_path: Path) -> None:
-    spec = {"names": ["index", "double"], "version": 1}
-    first = LabelBuffer.for_spec(tmp_path, spec, "host-1", max_rows=1000)
-    second = LabelBuffer.for_spec(tmp_path, spec, "host/2", max_rows=1000)
-    first.write(joined_block(0, 30))
-    second.write(joined_block(30, 20))
-    (first.directory / ".half-written.parquet.tmp").write_bytes(b"partial")
-
-    assert first.directory == buffer_directory(tmp_path, spec)
-    assert [item.detector for item in first.files()] == ["host-1", "host_2"]
-    assert [item.rows for item in first.files()] == [30, 20]
-    assert second.rows() == 50
-    frame = first.read_frame()
-    assert list(frame.columns) == [*BUFFER_KEY_COLUMNS, "index", "double"]
-    assert frame["transaction_id"].tolist() == [f"tx-{i:05d}" for i in range(50)]
-    assert frame["label"].tolist() == [i % 2 for i in range(50)]
-    assert frame["double"].tolist() == [2.0 * i for i in range(50)]
-    assert frame["detector"].tolist() == ["host-1"] * 30 + ["host/2"] * 20
-    assert frame["labelled_ms"].isna().all()
-    assert json.loads((first.directory / "spec.json").read_text()) == spec
-
-
-def test_buffer_deletes_the_oldest_files_beyond_max_rows(tmp_path: Path) -> None:
-    buffer = LabelBuffer(tmp_path / "b", ["index", "double"], "d", max_rows=50)
-    for start in (0, 20, 40):
-        buffer.write(joined_block(start, 20))
-        time.sleep(0.002)
-
-    assert buffer.rows() == 40
-    assert buffer.deleted_files == 1
-    assert buffer.read_frame()["transaction_id"].iloc[0] == "tx-00020"
-
-
-def test_buffer_refuses_feature_names_that_clash_with_its_columns(tmp_path: Path) -> None:
-    from fraudkit.errors import DataError
-
-    with pytest.raises(DataError, match="label"):
-        LabelBuffer(tmp_path, ["amount", "label"], "d", 10)
-
-
-# -- policy, lock, messages ---------------------------------------------------------------------
+@pytest.mark.spark
+def test_the_spark_join_takes_late_labels_from_any_detector_once(tmp_path: Path, spark: Any) -> None:
+    scorer = FeatureLog(str(tmp_path), LOG_SPEC, "scorer")
+    rows = transactions(0, 6)
+    scorer.add_rows(rows, features_of(rows), np.zeros(6), "v1", 100)
+    # tx-00002 re-scored after an at-least-once replay: its newer row counts.
+    replay = transactions(2, 1)
+    scorer.add_rows(replay, features_of(replay) + 0.5, np.zeros(1), "v1", 200)
+    scorer.write(*scorer.take())
+    for detector in ("a", "b"):  # every detector logs every label
+        other = FeatureLog(str(tmp_path), LOG_SPEC, detector)
+        other.add_labels([label(i, i % 2, labelled_ms=START_MS + 7 * DAY_MS) for i in (1, 2, 3, 9)])
+        other.write(*other.take())
+    table = read_window(
+        spark, scorer.spark_path("rows"), scorer.spark_path("labels"), ["index", "double"], 10
+    )
+    assert table["transaction_id"].tolist() == [
+        "tx-00001",
+        "tx-00002",
+        "tx-00003",
+    ]  # tx-00009 was never scored
+    assert table["label"].tolist() == [1, 0, 1]
+    assert table["index"].tolist() == [1.0, 2.5, 3.0]
 
 
 def test_policy_is_due_every_n_labels_or_after_the_interval_with_new_labels() -> None:

@@ -1,0 +1,252 @@
+"""Durable detector state on a real broker: kill -9, restarts and partition moves lose no card state."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from tests.integration.test_detect import (
+    SimulatorFields,
+    detector_process,
+    read_topic,
+    verdict_counter,
+    wait_for,
+    write_config_file,
+)
+
+from fraudkit.config import FeaturesConfig, FraudkitConfig
+from fraudkit.detect import DetectSummary, run_detect
+from fraudkit.features import FeatureSpec
+from fraudkit.model.network import Normalisation
+from fraudkit.model.registry import Registry
+from fraudkit.schema import Transaction, encode
+from fraudkit.state.store import changelog_topic
+from fraudkit.stream import kafka
+
+pytestmark = pytest.mark.kafka
+
+START_MS = 1_767_225_600_000
+TOTAL = 3600
+
+
+def publish_card_model(config: FraudkitConfig) -> str:
+    """A model whose score moves with every card window (counts and means): lost state changes it."""
+    spec = FeatureSpec.from_config(FeaturesConfig(), SimulatorFields())
+    width = len(spec.names)
+    weights = np.zeros((1, width), dtype=np.float32)
+    for name, weight in {
+        "card_count_1h": 0.3,
+        "card_count_24h": 0.05,
+        "card_count_168h": 0.01,
+        "card_mean_amount_24h": 0.002,
+        "card_mean_amount_720h": -0.001,
+        "card_log_seconds_since_prev": -0.05,
+        "card_new_terminal": 0.4,
+    }.items():
+        weights[0, spec.names.index(name)] = weight
+    state = {
+        "hidden.0.weight": weights,
+        "hidden.0.bias": np.full(1, 4.0, dtype=np.float32),  # keeps the ReLU unit in its linear part
+        "output.weight": np.ones((1, 1), dtype=np.float32),
+        "output.bias": np.array([-5.0], dtype=np.float32),
+    }
+    return Registry(config.registry.path).publish(
+        state,
+        feature_names=spec.names,
+        hidden_sizes=[1],
+        normalisation=Normalisation(np.zeros(width), np.ones(width)),
+        threshold=0.5,
+        feature_spec=spec.to_dict(),
+    )
+
+
+def card_transaction(index: int) -> Transaction:
+    # 23 cards, a row every 90 s: each card sees ~1.6 rows an hour, so every window is busy.
+    return Transaction(
+        transaction_id=f"tx-{index:06d}",
+        event_time_ms=START_MS + index * 90_000,
+        card_id=f"card-{index % 23:03d}",
+        amount=float((index * 37) % 400) + 0.25,
+        customer_id=f"cust-{index % 23:03d}",
+        terminal_id=f"term-{(index * 7) % 13:03d}",
+        currency="EUR",
+        merchant_category="grocery",
+        country="DE",
+        lat=48.1,
+        lon=11.6,
+    )
+
+
+@pytest.fixture
+def state_config(kafka_config: FraudkitConfig, tmp_path: Path) -> FraudkitConfig:
+    config = kafka_config.model_copy(
+        update={"state": kafka_config.state.model_copy(update={"snapshot_url": str(tmp_path / "state")})}
+    )
+    publish_card_model(config)
+    kafka.ensure_topics(config)
+    return config
+
+
+def feed(config: FraudkitConfig, first: int, last: int, pause_every: int = 100) -> None:
+    producer = kafka.make_producer(config)
+    for index in range(first, last):
+        tx = card_transaction(index)
+        kafka.produce(producer, config.topics.transactions, encode(tx), key=tx.card_id)
+        if index % pause_every == pause_every - 1:
+            producer.poll(0)
+            time.sleep(0.05)
+    kafka.flush(producer)
+
+
+def scores_by_detector(
+    config: FraudkitConfig, isolation: str = "read_uncommitted"
+) -> dict[str, dict[str, list[float]]]:
+    found: dict[str, dict[str, list[float]]] = {}
+    for message in read_topic(config, config.topics.verdicts, isolation):
+        verdict = orjson.loads(message.value())
+        found.setdefault(verdict["detector"], {}).setdefault(verdict["transaction_id"], []).append(
+            verdict["score"]
+        )
+    return found
+
+
+def reference_scores(config: FraudkitConfig) -> dict[str, float]:
+    """One uninterrupted detector over the whole topic: its own group, verdicts topic and no state."""
+    reference = config.model_copy(
+        update={
+            "detect": config.detect.model_copy(update={"group_id": config.detect.group_id + "-reference"}),
+            "topics": config.topics.model_copy(update={"verdicts": config.topics.verdicts + ".reference"}),
+            "state": config.state.model_copy(update={"enabled": False}),
+        }
+    )
+    summary = run_detect(reference, until_idle_s=3, instance_id="reference")
+    assert summary.consumed == TOTAL
+    scores = {
+        orjson.loads(m.value())["transaction_id"]: orjson.loads(m.value())["score"]
+        for m in read_topic(reference, reference.topics.verdicts)
+    }
+    assert len(scores) == TOTAL
+    return scores
+
+
+def assert_scores_equal(after: dict[str, list[float]], reference: dict[str, float], skip: set[str]) -> int:
+    compared = 0
+    differing = []
+    for transaction_id, scores in after.items():
+        if transaction_id in skip:
+            continue
+        compared += 1
+        if any(abs(score - reference[transaction_id]) > 1e-6 for score in scores):
+            differing.append((transaction_id, scores, reference[transaction_id]))
+    assert not differing, f"{len(differing)} of {compared} scores differ, e.g. {differing[:3]}"
+    return compared
+
+
+def kill_mid_stream(config: FraudkitConfig, config_path: Path, args: tuple[str, ...]) -> None:
+    """Start a detector process, feed until it has scored ~1/3 of the stream, kill -9 it, feed the rest."""
+    detector = detector_process(config_path, *args)
+    try:
+        feed(config, 0, 100)
+        with verdict_counter(config) as count:
+            wait_for(lambda: count() > 0, 60, "the detector's first verdict")
+            feeder = threading.Thread(target=feed, args=(config, 100, TOTAL))
+            feeder.start()
+            wait_for(lambda: count() >= 1200, 60, "the first verdicts")
+        detector.send_signal(signal.SIGKILL)
+        detector.wait(10)
+        feeder.join(60)
+    finally:
+        if detector.poll() is None:
+            detector.kill()
+    assert detector.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+def test_kill_9_and_restart_scores_equal_an_uninterrupted_detector(
+    state_config: FraudkitConfig, tmp_path: Path
+) -> None:
+    config = state_config
+    config_path = write_config_file(config, tmp_path / "config.yaml")
+    kill_mid_stream(config, config_path, ("--batch-size", "100", "--instance-id", "victim"))
+    restarted = detector_process(config_path, "--until-idle", "3", "--instance-id", "survivor")
+    out, err = restarted.communicate(timeout=120)
+    assert restarted.returncode == 0, err
+    summary = json.loads(out)
+    state = summary["state"]
+    assert state["restored_cards"] == 23 and state["restores"] >= 1, state
+    assert state["changelog_topic"] == changelog_topic(config)
+    assert state["invalid_records"] == 0
+
+    by_detector = scores_by_detector(config)
+    victim, survivor = by_detector["victim"], by_detector["survivor"]
+    assert set(victim) | set(survivor) == {f"tx-{i:06d}" for i in range(TOTAL)}
+    replayed = set(victim) & set(survivor)  # scored before the kill, offsets not yet committed
+    assert state["replayed_rows"] == len(replayed)
+    reference = reference_scores(config)
+    compared = assert_scores_equal(survivor, reference, replayed)
+    assert compared >= 1000
+    print(f"kill -9: {compared} scores after the restart equal the reference; {len(replayed)} replayed")
+
+
+@pytest.mark.slow
+def test_exactly_once_crash_keeps_state_and_outputs_consistent(
+    state_config: FraudkitConfig, tmp_path: Path
+) -> None:
+    config = state_config
+    config_path = write_config_file(config, tmp_path / "config.yaml")
+    args = ("--exactly-once", "--batch-size", "100", "--instance-id", "eos")
+    kill_mid_stream(config, config_path, args)
+    # The same instance id fences the killed producer: its open transaction (outputs and state) aborts.
+    restarted = detector_process(config_path, *args, "--until-idle", "3")
+    out, err = restarted.communicate(timeout=120)
+    assert restarted.returncode == 0, err
+    state = json.loads(out)["state"]
+    assert state["restored_cards"] == 23
+    assert state["replayed_rows"] == 0  # committed state and committed offsets are one transaction
+    verdicts = scores_by_detector(config, "read_committed")["eos"]
+    assert set(verdicts) == {f"tx-{i:06d}" for i in range(TOTAL)}
+    assert max(len(scores) for scores in verdicts.values()) == 1
+    # Every committed verdict, before and after the crash, is the uninterrupted detector's.
+    assert assert_scores_equal(verdicts, reference_scores(config), set()) == TOTAL
+
+
+def test_a_partition_moved_to_a_second_detector_keeps_its_cards_features(
+    state_config: FraudkitConfig,
+) -> None:
+    config = state_config
+    summaries: dict[str, DetectSummary] = {}
+    first_stop = threading.Event()
+
+    def run(name: str, stop: threading.Event | None = None) -> None:
+        summaries[name] = run_detect(config, until_idle_s=4, instance_id=name, stop_event=stop)
+
+    feed(config, 0, TOTAL // 2)
+    first = threading.Thread(target=run, args=("first", first_stop))
+    first.start()
+    with verdict_counter(config) as count:
+        wait_for(lambda: count() >= TOTAL // 2, 60, "the first half's verdicts")
+    # A second detector joins: the group moves some partitions (and their cards) to it.
+    second = threading.Thread(target=run, args=("second",))
+    second.start()
+    feeder = threading.Thread(target=feed, args=(config, TOTAL // 2, TOTAL))
+    feeder.start()
+    feeder.join(60)
+    second.join(120)
+    first.join(120)
+    assert not first.is_alive() and not second.is_alive()
+    moved = summaries["second"].state
+    assert moved["restored_cards"] > 0, moved
+    by_detector = scores_by_detector(config)
+    assert by_detector.get("second"), "the second detector got no partition"
+    duplicated = set(by_detector["first"]) & set(by_detector["second"])
+    reference = reference_scores(config)
+    compared = sum(
+        assert_scores_equal(by_detector[name], reference, duplicated) for name in ("first", "second")
+    )
+    assert compared >= TOTAL - len(duplicated)
