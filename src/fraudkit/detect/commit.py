@@ -179,7 +179,11 @@ class AckCommitter:
             if close_by is None and self.stop.is_set():
                 return False  # the close settles what it can within kafka.close_timeout_s
             if time.monotonic() >= deadline:
-                within = "while stopping" if close_by is not None else f"after {timeout_s:g}s"
+                within = (
+                    f"within kafka.close_timeout_s={self.settings.close_timeout_s:g}s while stopping"
+                    if close_by is not None
+                    else f"after {timeout_s:g}s"
+                )
                 raise BrokerError(
                     f"{remaining:,} output message(s) not acknowledged {within}; offsets were not "
                     "committed, a restart re-processes the batch"

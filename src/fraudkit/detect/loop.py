@@ -171,8 +171,9 @@ class DetectLoop:
         gc.collect()
         gc.freeze()
         gc.set_threshold(max(self._gc_thresholds[0], 20_000), *self._gc_thresholds[1:])
-        # Idle time counts from here: set-up (the collection above) is not idleness.
-        self.bounds.active()
+        # Idle time counts from here: set-up (the collection above) is not idleness. No partition is
+        # ours before the group's first assignment: the idle clock gets the join grace until then.
+        self.bounds.assigned(bool(self.assigned))
 
     def _stop_reason(self) -> StopReason | None:
         if self.stop.is_set():

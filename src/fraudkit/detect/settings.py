@@ -115,6 +115,7 @@ class DetectSettings:
     status_interval_s: float
     labels_from_beginning: bool
     delivery_timeout_s: float
+    close_timeout_s: float
     duration_s: float | None
     max_transactions: int | None
     until_idle_s: float | None
@@ -141,6 +142,7 @@ class DetectSettings:
             labels_from_beginning=options.labels_from_beginning,
             # A delivery, commit or transaction waits at least this long before it is a failure.
             delivery_timeout_s=max(30.0, config.kafka.connect_timeout_s),
+            close_timeout_s=config.kafka.close_timeout_s,
             duration_s=options.duration_s,
             max_transactions=options.max_transactions,
             until_idle_s=options.until_idle_s,
