@@ -343,11 +343,12 @@ def run_demo(
         detector.start()
         # Transactions sent before the detector owns its partition would wait for its start-up
         # (torch, the model, the group join): seconds of latency that say nothing about scoring.
+        # The dashboard's reader joins its group meanwhile, not while the first transactions flow.
+        verdicts = _FraudVerdictReader(settings, state, detector.stopped)
+        verdicts.start()
         stage("starting the detector (model, feature state, consumer group)")
         detector.wait_until_ready(DETECTOR_READY_S, stop)
         stage(f"streaming at {rate:,.0f} transactions/s for {duration_s:g}s with live retraining")
-        verdicts = _FraudVerdictReader(settings, state, detector.stopped)
-        verdicts.start()
         state.streaming_started = time.monotonic()
         generator_stop = threading.Event()
         streaming_deadline = time.monotonic() + max(duration_s, max_streaming_s or duration_s)
@@ -431,8 +432,10 @@ class _DetectorProcess:
             if status is not None and status.partitions:
                 return
             if self.failure is not None:
+                self.stopped.set()
                 raise self.failure
             if not self.process.is_alive() and not self.pump.is_alive():
+                self.stopped.set()
                 raise self.failure or FraudkitError(f"the detector exited with code {self.process.exitcode}")
             time.sleep(0.1)
         if not stop.is_set():
