@@ -216,6 +216,22 @@ def test_exactly_once_crash_keeps_state_and_outputs_consistent(
     assert assert_scores_equal(verdicts, reference_scores(config), set()) == TOTAL
 
 
+def group_members_with_partitions(config: FraudkitConfig) -> int:
+    """Members of the detectors' group that own at least one transactions partition right now."""
+    admin = kafka.make_admin(config)
+    group = config.detect.group_id
+    try:
+        description = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=10)
+    except kafka.KafkaException:
+        return 0
+    topic = config.topics.transactions
+    return sum(
+        1
+        for member in description.members
+        if member.assignment and any(tp.topic == topic for tp in member.assignment.topic_partitions)
+    )
+
+
 def test_a_partition_moved_to_a_second_detector_keeps_its_cards_features(
     state_config: FraudkitConfig,
 ) -> None:
@@ -231,9 +247,11 @@ def test_a_partition_moved_to_a_second_detector_keeps_its_cards_features(
     first.start()
     with verdict_counter(config) as count:
         wait_for(lambda: count() >= TOTAL // 2, 60, "the first half's verdicts")
-    # A second detector joins: the group moves some partitions (and their cards) to it.
+    # A second detector joins: the group moves some partitions (and their cards) to it. The second
+    # half is produced once both own partitions, so the first cannot have read it all before.
     second = threading.Thread(target=run, args=("second",))
     second.start()
+    wait_for(lambda: group_members_with_partitions(config) >= 2, 90, "both detectors owning partitions")
     feeder = threading.Thread(target=feed, args=(config, TOTAL // 2, TOTAL))
     feeder.start()
     feeder.join(60)

@@ -40,8 +40,15 @@ class GuardedFeatures(OnlineFeatures):
         terminal labels those rows still need, and their features would differ from an
         uninterrupted owner's. Holding expiry back to the slowest partition only keeps state longer.
         """
+        super().expire(self._expiry_time(now_ms))
+
+    def expire_step(self, now_ms: int, budget_s: float) -> bool:
+        """`expire` in slices (the loop's way), by the same slowest-partition time."""
+        return super().expire_step(self._expiry_time(now_ms), budget_s)
+
+    def _expiry_time(self, now_ms: int) -> int:
         times = [self.partition_times[p] for p in self.assigned if p in self.partition_times]
-        super().expire(min(now_ms, min(times)) if times else now_ms)
+        return min(now_ms, min(times)) if times else now_ms
 
     def transform(self, transactions: Sequence[Transaction], dtype: Any = np.float32) -> np.ndarray:
         guard = self.replay_guard

@@ -196,3 +196,22 @@ def test_expiry_waits_for_the_slowest_assigned_partition() -> None:
     plain.transform(rows[:3000], np.float64)
     plain.expire(rows[-1].event_time_ms + 20 * DAY_MS)  # by the fastest partition: cards gone
     assert not np.array_equal(plain.transform(rows[3000:], np.float64), expected[3000:])
+
+
+def test_sliced_expiry_holds_back_to_the_slowest_partition_like_expire() -> None:
+    from fraudkit.state.replay import GuardedFeatures
+
+    recorded: list[int] = []
+
+    class Recording(GuardedFeatures):
+        def _expiry_sweep(self, now_ms: int):  # type: ignore[no-untyped-def]
+            recorded.append(now_ms)
+            yield from ()
+
+    features = Recording.__new__(Recording)
+    features.partition_times = {0: 1_000, 1: 5_000}
+    features.assigned = {0, 1}
+    features._sweep = None
+    assert features._expiry_time(9_000) == 1_000
+    assert features.expire_step(9_000, 0.01) is True
+    assert recorded == [1_000]
