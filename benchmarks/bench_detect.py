@@ -55,6 +55,7 @@ from fraudkit.detect import run_detect
 from fraudkit.features import FeatureSpec, OnlineFeatures, frame_to_transactions
 from fraudkit.model.network import LoadedModel, Normalisation, build_mlp, state_to_numpy
 from fraudkit.model.registry import Registry
+from fraudkit.observability.drift import training_reference
 from fraudkit.schema import InvalidMessage, Transaction, decode_transaction, encode
 from fraudkit.stream import kafka
 
@@ -108,10 +109,13 @@ def simulated_transactions(count: int, customers: int = 5000, seed: int = 42) ->
     return frame_to_transactions(frame.iloc[:count])
 
 
-def publish_mlp(config: FraudkitConfig, sample: list[Transaction]) -> str:
+def publish_mlp(
+    config: FraudkitConfig, sample: list[Transaction], trainer: str = "bench_detect", drift: bool = False
+) -> str:
     """A [64, 32] MLP with random weights, normalised on the sample, threshold at its 99th percentile.
 
     The sample should be the stream the detector will see, so that ~1% of its verdicts are fraud.
+    With `drift`, the manifest also gets the drift reference of that sample.
     """
     import torch
 
@@ -129,7 +133,10 @@ def publish_mlp(config: FraudkitConfig, sample: list[Transaction]) -> str:
         normalisation=normalisation,
         threshold=threshold,
         feature_spec=spec.to_dict(),
-        trainer="bench_detect",
+        trainer=trainer,
+        drift_reference=(
+            training_reference(features, spec.names, candidate.score, config.drift.bins) if drift else None
+        ),
     )
 
 

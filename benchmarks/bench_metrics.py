@@ -18,16 +18,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import numpy as np
-from bench_detect import SimulatorFields, bench_config, preload, simulated_transactions
+from bench_detect import bench_config, preload, publish_mlp, simulated_transactions
 
 from fraudkit.config import FraudkitConfig
 from fraudkit.detect import run_detect
-from fraudkit.features import FeatureSpec, OnlineFeatures
-from fraudkit.model.network import LoadedModel, Normalisation, build_mlp, state_to_numpy
-from fraudkit.model.registry import Registry
 from fraudkit.observability.detect_telemetry import DetectTelemetry
-from fraudkit.observability.drift import training_reference
 from fraudkit.observability.server import ObservabilityServer
 from fraudkit.schema import Transaction
 from fraudkit.stream import kafka
@@ -36,25 +31,7 @@ from fraudkit.stream.broker import free_port, running_broker
 
 def publish_mlp_with_reference(config: FraudkitConfig, sample: list[Transaction]) -> str:
     """bench_detect's random [64, 32] MLP, plus the drift reference of its own stream."""
-    import torch
-
-    torch.manual_seed(0)
-    spec = FeatureSpec.from_config(config.features, SimulatorFields())
-    features = OnlineFeatures(spec).transform(sample)
-    normalisation = Normalisation.fit(features)
-    state = state_to_numpy(build_mlp(len(spec.names), [64, 32]).state_dict())
-    candidate = LoadedModel.from_state(state, spec.names, normalisation, 0.5, [64, 32])
-    threshold = float(np.quantile(candidate.score(features), 0.99))
-    return Registry(config.registry.path).publish(
-        state,
-        feature_names=spec.names,
-        hidden_sizes=[64, 32],
-        normalisation=normalisation,
-        threshold=threshold,
-        feature_spec=spec.to_dict(),
-        trainer="bench_metrics",
-        drift_reference=training_reference(features, spec.names, candidate.score, config.drift.bins),
-    )
+    return publish_mlp(config, sample, trainer="bench_metrics", drift=True)
 
 
 def one_run(config: FraudkitConfig, count: int, metrics: bool) -> float:
