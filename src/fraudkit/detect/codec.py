@@ -200,43 +200,6 @@ def decode_batch(
     return transactions, good, bad
 
 
-def verdict_record(
-    transaction: Transaction,
-    score: float,
-    fraud: bool,
-    threshold: float,
-    model_version: str,
-    reasons: list[dict[str, Any]],
-    consumed_ms: int,
-    verdict_ms: int,
-    detector: str,
-) -> dict[str, Any]:
-    """One verdict as the dict that goes on the verdicts topic (docs/architecture.md)."""
-    return {
-        "schema": SCHEMA_VERSION,
-        "transaction_id": transaction.transaction_id,
-        "card_id": transaction.card_id,
-        "terminal_id": transaction.terminal_id,
-        "score": score,
-        "decision": "fraud" if fraud else "legit",
-        "threshold": threshold,
-        "model_version": model_version,
-        "reasons": reasons,
-        "event_time_ms": transaction.event_time_ms,
-        "produced_ms": transaction.produced_ms,
-        "consumed_ms": consumed_ms,
-        "verdict_ms": verdict_ms,
-        "amount": transaction.amount,
-        "currency": transaction.currency,
-        "country": transaction.country,
-        "merchant_category": transaction.merchant_category,
-        "detector": detector,
-        "rules": [],
-        "review": False,
-        "rules_version": None,
-    }
-
-
 def encode_verdicts(
     transactions: Sequence[Transaction],
     scores: Sequence[float],

@@ -27,6 +27,7 @@ from fraudkit.detect.holder import ModelHolder
 from fraudkit.detect.hooks import DetectContext, DetectExtension, LogCallback
 from fraudkit.detect.labels import LabelFeed
 from fraudkit.detect.meter import StatusCallback, StatusMeter
+from fraudkit.detect.notices import FarAheadNotice, OutageNotice, partition_lag
 from fraudkit.detect.outputs import OutputRouter
 from fraudkit.detect.scoring import ScoredBatch, score_batch
 from fraudkit.detect.settings import DetectSettings, DetectSummary
@@ -94,8 +95,8 @@ class DetectLoop:
         self.notes: list[str] = []
         self.closing = False
         self.watch = clients.watch
-        self.outage_logged = False
-        self._reported_ahead = 0
+        self.outage = OutageNotice(self.watch, self._note)
+        self.far_ahead = FarAheadNotice(self.clock, settings.max_future_skew_s, self._note)
         self.router = OutputRouter(self.producer, settings, self.summary, self.extensions)
         committer_class = TransactionalCommitter if settings.exactly_once else AckCommitter
         self.committer: Committer = committer_class(
@@ -181,7 +182,7 @@ class DetectLoop:
         return self.bounds.reached()
 
     def _between_batches(self) -> None:
-        self._check_broker()
+        self.outage.check()
         for extension in self.extensions:
             extension.between_batches()
         swapped = self.holder.swap()
@@ -200,8 +201,7 @@ class DetectLoop:
             self._consumer_error,
         )
         if batch is not None:
-            if self.clock.ignored_ahead > self._reported_ahead:
-                self._report_ahead()
+            self.far_ahead.check()
             self.committer.submit(batch)
             self._account(batch)
         done = time.monotonic()
@@ -247,21 +247,6 @@ class DetectLoop:
             kafka.close_producer(self.producer, left(), "detector's producer", self.log)
             for extension in self.extensions:
                 extension.on_stop()
-
-    def _check_broker(self) -> None:
-        """Raise BrokerError once no broker has answered for kafka.connect_timeout_s; say so when it starts."""
-        down = self.watch.check()
-        if down is None:
-            if self.outage_logged:
-                self._note(f"Kafka at {self.watch.servers} answers again")
-                self.outage_logged = False
-            return
-        if not self.outage_logged:
-            self.outage_logged = True
-            self._note(
-                f"no broker of {self.watch.servers} answers; waiting, giving up in "
-                f"{max(0.0, self.watch.timeout_s - down):.0f}s"
-            )
 
     def _account(self, batch: ScoredBatch) -> None:
         summary = self.summary
@@ -315,17 +300,6 @@ class DetectLoop:
         if not self.closing:
             self._note(f"lost partitions {sorted(p.partition for p in partitions)} (session timed out)")
 
-    def _report_ahead(self) -> None:
-        """Say (at 1, 10, 100, ... occurrences) that far-ahead event times were kept off the clock."""
-        count = self.clock.ignored_ahead
-        if count >= max(1, 10 * self._reported_ahead):
-            self._note(
-                f"{count:,} transaction(s) dated more than detect.max_future_skew_s="
-                f"{self.settings.max_future_skew_s:g}s ahead of the stream were scored but did not "
-                "advance its clock"
-            )
-            self._reported_ahead = count
-
     def _note(self, message: str) -> None:
         """Log a message and keep it for the status panel."""
         self.log(message)
@@ -341,29 +315,15 @@ class DetectLoop:
 
     # -- status and summary -------------------------------------------------------------------
 
-    def _partition_lag(self) -> dict[int, int] | None:
-        """Messages behind the end of each assigned partition (None without partitions or on error)."""
-        if not self.assigned:
-            return None
-        kafka = self.kafka
-        topic = self.topics.transactions
-        try:
-            positions = self.consumer.position(
-                [kafka.TopicPartition(topic, p) for p in sorted(self.assigned)]
-            )
-            lag: dict[int, int] = {}
-            for position in positions:
-                _, high = self.consumer.get_watermark_offsets(position, cached=True)
-                if position.offset >= 0 and high >= 0:
-                    lag[position.partition] = max(0, high - position.offset)
-            return lag
-        except kafka.KafkaException:
-            return None
-
     def status(self, now: float | None = None) -> DetectStatus:
         """A snapshot of the running loop."""
         now = time.monotonic() if now is None else now
-        return self.meter.snapshot(now, self.assigned, self._partition_lag(), list(self.notes))
+        return self.meter.snapshot(
+            now,
+            self.assigned,
+            partition_lag(self.consumer, self.topics.transactions, self.assigned),
+            list(self.notes),
+        )
 
     def _emit_status(self, now: float) -> None:
         if self.on_status is not None or self.telemetry is not None:
