@@ -244,7 +244,7 @@ def test_retention_is_enforced(kafka_bootstrap: str, tmp_path: Path, broker_engi
     config = make_config(
         tmp_path, {"kafka.common.bootstrap.servers": kafka_bootstrap, "topics.retention_ms": 1000}
     )
-    topic = config.topics.labels
+    topic = config.topics.verdicts  # the labels topic has its own retention (topics.labels_retention_ms)
     ensure_topics(config, [topic])
     producer = make_producer(config)
     for i in range(100):
