@@ -77,8 +77,8 @@ def _first_then_fetched(consumer: Consumer, first: list[Message], limit: int) ->
     return first + consumer.consume(limit - 1, 0)
 
 
-class AckCommitter:
-    """At-least-once: commit offsets after the outputs' acknowledgements, without blocking the loop."""
+class _CommitterBase:
+    """What both committers hold: the clients, the router, the settings and the loop's callbacks."""
 
     def __init__(
         self,
@@ -102,6 +102,16 @@ class AckCommitter:
         self.note = note
         self.watch = watch
         self.stop = stop
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """Each committer's own bookkeeping, set up at construction."""
+
+
+class AckCommitter(_CommitterBase):
+    """At-least-once: commit offsets after the outputs' acknowledgements, without blocking the loop."""
+
+    def _init_state(self) -> None:
         self.pending: dict[int, int] | None = None
         self.pending_batches = 0
         self.pending_since = 0.0
@@ -253,29 +263,10 @@ class AckCommitter:
         self.unsettled = []
 
 
-class TransactionalCommitter:
+class TransactionalCommitter(_CommitterBase):
     """Exactly-once: each batch's outputs and offsets in one Kafka transaction."""
 
-    def __init__(
-        self,
-        consumer: Consumer,
-        producer: Producer,
-        router: OutputRouter,
-        settings: DetectSettings,
-        record_latency: LatencyCallback,
-        log: NoteCallback,
-        watch: BrokerWatch,
-        stop: threading.Event,
-    ) -> None:
-        from fraudkit.stream import kafka
-
-        self.kafka = kafka
-        self.consumer = consumer
-        self.producer = producer
-        self.router = router
-        self.settings = settings
-        self.record_latency = record_latency
-        self.log = log
+    def _init_state(self) -> None:
         self.in_transaction = False
 
     def start(self) -> None:
@@ -354,7 +345,7 @@ class TransactionalCommitter:
                 self.settings.delivery_timeout_s if timeout_s is None else timeout_s
             )
         except self.kafka.KafkaException as exc:
-            self.log(f"aborting the transaction failed too: {exc.args[0].str()}")
+            self.note(f"aborting the transaction failed too: {exc.args[0].str()}")
 
     def _call(self, what: str, call: Callable[..., Any], *args: Any) -> None:
         try:
