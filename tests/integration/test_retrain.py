@@ -402,6 +402,9 @@ def test_a_label_arriving_after_its_detector_restarted_reaches_the_next_retraini
         wait_for(lambda: any("feature log" in line for line in second.logs), 30, "the feature log to open")
         produce(config, config.topics.labels, [truth(i) for i in range(2000)])
         wait_for(lambda: second.extension.stats.last is not None, 150, "a retraining outcome")
+        # The loop installs an offered model between batches; with no traffic left, wait for that turn.
+        published = second.extension.stats.last["type"] == "model_published"
+        wait_for(lambda: not published or "v2" in second.extension.holder.versions, 30, "v2 to be swapped in")
     summary = second.summary
     watch.close()
 
