@@ -14,18 +14,21 @@ pytestmark = [pytest.mark.spark]
 NOISE = ("WARN", "log4j", "NativeCodeLoader", "resolves to a loopback address", "SPARK_LOCAL_IP")
 
 
-def test_a_spark_session_keeps_the_jvm_output_in_its_log_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+def test_a_spark_session_keeps_the_jvm_output_in_its_log_file(tmp_path: Path, relative: bool) -> None:
+    # The demo passes a path relative to the working directory (its run directory under .fraudkit).
     log = tmp_path / "logs" / "spark.log"
+    log_file = "logs/spark.log" if relative else str(log)
     script = (
         "from fraudkit.config import SparkConfig\n"
         "from fraudkit.data.spark import spark_session\n"
-        f"spark = spark_session(SparkConfig(master='local[1]', log_file={str(log)!r}))\n"
+        f"spark = spark_session(SparkConfig(master='local[1]', log_file={log_file!r}))\n"
         "print('rows', spark.range(7).count())\n"
         "spark.stop()\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "SPARK_LOCAL_IP"}
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "rows 7"

@@ -39,7 +39,8 @@ LOG_TAIL_LINES = 5
 def spark_log_path(config: SparkConfig) -> Path:
     """Where the Spark JVM writes its output (`spark.log_file`, else one file in the temp directory)."""
     if config.log_file:
-        return Path(config.log_file)
+        # Absolute: the log4j configuration beside it is handed to the JVM as a file URI.
+        return Path(config.log_file).resolve()
     return Path(tempfile.gettempdir()) / f"fraudkit-spark-{os.getuid()}.log"
 
 
