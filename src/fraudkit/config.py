@@ -290,6 +290,11 @@ class StateConfig(Section):
     enabled: bool = True
     changelog_topic: str = ""
     restore_timeout_s: float = Field(300.0, gt=0, le=MAX_WAIT_S)
+    # At-least-once: changed cards are written to the changelog, and the offsets they cover
+    # committed, at most this often (each card once per interval, as Kafka Streams' record cache
+    # with commit.interval.ms); 0 writes with every batch. Exactly-once writes inside each batch's
+    # transaction. At most 1 s: the committer waits for acknowledgements beyond that anyway.
+    commit_interval_ms: float = Field(250.0, ge=0, le=1000)
     snapshot_url: str = ".fraudkit/state"
     snapshot_interval_s: float = Field(300.0, gt=0, le=MAX_DURATION_S)
 
@@ -394,6 +399,11 @@ class DriftConfig(Section):
     window_rows: int = Field(10_000, gt=0)
     min_rows: int = Field(1000, gt=0)
     psi_threshold: float = Field(0.25, gt=0)
+    # A drift alarm (any column over psi_threshold) that lasts this long starts a retraining on the
+    # trainer, from the labels in the feature log; None: alarms only. At most one such retraining
+    # per retrain_cooldown_s (the new model's reference may take a while to be matched).
+    retrain_after_s: float | None = Field(None, gt=0, le=MAX_DURATION_S)
+    retrain_cooldown_s: float = Field(3600.0, gt=0, le=MAX_DURATION_S)
 
 
 class FraudkitConfig(Section):

@@ -21,9 +21,11 @@ import pytest
 
 from fraudkit.config import FeaturesConfig, FraudkitConfig
 from fraudkit.detect import DetectSummary, run_detect
-from fraudkit.features import FeatureSpec
+from fraudkit.features import FeatureSpec, OnlineFeatures
 from fraudkit.model.network import Normalisation
 from fraudkit.model.registry import Registry
+from fraudkit.observability.detect_telemetry import DetectTelemetry
+from fraudkit.observability.drift import training_reference
 from fraudkit.retrain.extension import RetrainExtension
 from fraudkit.retrain.feature_log import FeatureLog
 from fraudkit.schema import Label, Transaction, encode
@@ -54,7 +56,7 @@ def overridden(config: FraudkitConfig, overrides: dict[str, Any]) -> FraudkitCon
     return FraudkitConfig.model_validate(data)
 
 
-def publish_indifferent_model(config: FraudkitConfig) -> str:
+def publish_indifferent_model(config: FraudkitConfig, drift_reference: dict[str, Any] | None = None) -> str:
     """v1: the full simulator feature spec, the same score (0.12) for every transaction."""
     spec = FeatureSpec.from_config(FeaturesConfig(), SimulatorFields())
     width = len(spec.names)
@@ -71,6 +73,7 @@ def publish_indifferent_model(config: FraudkitConfig) -> str:
         normalisation=Normalisation(np.zeros(width), np.ones(width)),
         threshold=0.5,
         feature_spec=spec.to_dict(),
+        drift_reference=drift_reference,
     )
 
 
@@ -78,12 +81,12 @@ def amount_of(index: int) -> float:
     return float((index * 7919) % 1000)
 
 
-def transaction(index: int) -> Transaction:
+def transaction(index: int, amount_scale: float = 1.0) -> Transaction:
     return Transaction(
         transaction_id=f"tx-{index:06d}",
         event_time_ms=START_MS + index * 1000,
         card_id=f"card-{index % 37:03d}",
-        amount=amount_of(index),
+        amount=amount_of(index) * amount_scale,
         customer_id=f"cust-{index % 37:03d}",
         terminal_id=f"term-{index % 11:03d}",
         currency="EUR",
@@ -183,7 +186,9 @@ class Detector:
 
 
 @contextmanager
-def detector(config: FraudkitConfig, instance_id: str) -> Iterator[Detector]:
+def detector(
+    config: FraudkitConfig, instance_id: str, telemetry: DetectTelemetry | None = None
+) -> Iterator[Detector]:
     extension = RetrainExtension(config)
     stop = threading.Event()
     running = Detector(extension, threading.Thread(), stop)
@@ -196,6 +201,7 @@ def detector(config: FraudkitConfig, instance_id: str) -> Iterator[Detector]:
                 instance_id=instance_id,
                 extensions=[extension],
                 on_log=running.logs.append,
+                telemetry=telemetry,
             )
         except BaseException as exc:
             running.result["error"] = exc
@@ -209,23 +215,23 @@ def detector(config: FraudkitConfig, instance_id: str) -> Iterator[Detector]:
         running.thread.join(60)
 
 
+RETRAIN_OVERRIDES: dict[str, Any] = {
+    "retrain.every_labels": 2000,
+    "retrain.epochs": 2,
+    "train.batch_size": 128,
+    "train.learning_rate": 0.01,
+    "train.hidden_sizes": [16],
+    # 10% of this stream is fraud, so a good challenger rightly flags ~10% of it
+    "retrain.max_flagged_share": 0.5,
+    "detect.batch_size": 500,
+    "detect.quiet": True,
+    "retrain.feature_log_flush_s": 0.5,
+}
+
+
 @pytest.fixture
 def retrain_config(kafka_config: FraudkitConfig) -> FraudkitConfig:
-    config = overridden(
-        kafka_config,
-        {
-            "retrain.every_labels": 2000,
-            "retrain.epochs": 2,
-            "train.batch_size": 128,
-            "train.learning_rate": 0.01,
-            "train.hidden_sizes": [16],
-            # 10% of this stream is fraud, so a good challenger rightly flags ~10% of it
-            "retrain.max_flagged_share": 0.5,
-            "detect.batch_size": 500,
-            "detect.quiet": True,
-            "retrain.feature_log_flush_s": 0.5,
-        },
-    )
+    config = overridden(kafka_config, RETRAIN_OVERRIDES)
     publish_indifferent_model(config)
     kafka.ensure_topics(config)
     return config
@@ -464,3 +470,43 @@ def test_two_detectors_swap_on_one_announcement(retrain_config: FraudkitConfig) 
         labels_by_detector[item.detector] += item.rows
     assert labels_by_detector == {"trainer-t": 3000, "scorer-s": 3000}
     assert [a["type"] for a in control_events(retrain_config)] == ["model_published"]
+
+
+def test_sustained_drift_starts_a_retraining_from_the_logged_labels(kafka_config: FraudkitConfig) -> None:
+    # Labels alone never start one here (every_labels is out of reach): only the drift trigger can.
+    config = overridden(
+        kafka_config,
+        {
+            **RETRAIN_OVERRIDES,
+            "retrain.every_labels": 10**9,
+            "drift.retrain_after_s": 1.0,
+            "drift.window_rows": 1000,
+            "drift.min_rows": 500,
+        },
+    )
+    spec = FeatureSpec.from_config(FeaturesConfig(), SimulatorFields())
+    training = OnlineFeatures(spec).transform([transaction(i) for i in range(100_000, 104_000)])
+    reference = training_reference(training, spec.names, None, bins=10)
+    # Card and terminal windows fill up as this short stream starts: watch the amount features only.
+    reference["features"] = {k: v for k, v in reference["features"].items() if k in ("amount", "log_amount")}
+    publish_indifferent_model(config, drift_reference=reference)
+    kafka.ensure_topics(config)
+    watch = VerdictWatch(config)
+    telemetry = DetectTelemetry(config, "trainer-d")
+    with detector(config, "trainer-d", telemetry) as running:
+        stats = running.extension.stats
+        score_then_label(config, watch, range(2000))
+        wait_for(lambda: stats.buffer_rows >= 2000, 60, "the labels in the feature log")
+        assert stats.jobs == 0 and not [line for line in running.logs if "drifted" in line]
+        # The same stream with amounts five times larger: the amount features drift.
+        produce(config, config.topics.transactions, [transaction(i, 5.0) for i in range(2000, 4000)])
+        wait_for(lambda: stats.last is not None, 180, "a retraining outcome")
+    running.summary  # noqa: B018 (joins the detector, raising its error if it failed)
+    watch.close()
+    assert (stats.jobs, stats.drift_triggered) == (1, 1), stats.last
+    assert stats.last is not None and stats.last["type"] in ("model_published", "model_rejected"), stats.last
+    alarm = next(i for i, line in enumerate(running.logs) if line.startswith("amount drifted: PSI"))
+    started = next(i for i, line in enumerate(running.logs) if line.startswith("retraining started after"))
+    assert started > alarm
+    assert "amount" in running.logs[started] and "drifted for" in running.logs[started]
+    assert "drift.retrain_after_s" in running.logs[started]

@@ -187,10 +187,15 @@ def test_kill_9_and_restart_scores_equal_an_uninterrupted_detector(
     victim, survivor = by_detector["victim"], by_detector["survivor"]
     assert set(victim) | set(survivor) == {f"tx-{i:06d}" for i in range(TOTAL)}
     replayed = set(victim) & set(survivor)  # scored before the kill, offsets not yet committed
-    assert state["replayed_rows"] == len(replayed)
+    # Of those, the rows whose card state had been sealed into the changelog are kept out of the
+    # windows (scored against a state that holds them: duplicates); the rows after the last seal
+    # are new to the restored state and must score exactly like the reference.
+    assert 0 <= state["replayed_rows"] <= len(replayed)
     reference = reference_scores(config)
     compared = assert_scores_equal(survivor, reference, replayed)
     assert compared >= 1000
+    unsealed_equal = sum(all(abs(score - reference[tx]) <= 1e-6 for score in survivor[tx]) for tx in replayed)
+    assert unsealed_equal >= len(replayed) - state["replayed_rows"]
     print(f"kill -9: {compared} scores after the restart equal the reference; {len(replayed)} replayed")
 
 

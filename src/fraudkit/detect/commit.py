@@ -1,9 +1,10 @@
 """Two ways to commit a batch, one protocol (chosen once per run):
 
 * `AckCommitter` (at-least-once, the default): a batch's offsets are committed only after every
-  output of it (branch copy, verdict, dead letter) is acknowledged. Commits never block the loop:
-  before each batch is produced, the offsets of all earlier batches are committed if the producer
-  has nothing outstanding; the loop waits only when too much is unsettled.
+  output of it (branch copy, verdict, dead letter) and the durable state it changed (sealed once
+  per `state.commit_interval_ms`, see `DetectExtension.on_seal`) are acknowledged. Commits never
+  block the loop: before each batch is produced, the offsets of the sealed batches are committed if
+  the producer has nothing outstanding; the loop waits only when too much is unsettled.
 * `TransactionalCommitter` (`--exactly-once`): each batch is one Kafka transaction holding its
   outputs and its input offsets (read-process-write with the consumer group metadata, KIP-447).
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fraudkit.detect.outputs import OutputRouter
@@ -108,18 +110,42 @@ class _CommitterBase:
         """Each committer's own bookkeeping, set up at construction."""
 
 
+@dataclass
+class _Span:
+    """Batches produced but not committed: the offsets to commit for them and the batches themselves."""
+
+    offsets: dict[int, int]
+    batches: list[ScoredBatch]
+    since: float  # monotonic time the first of them was produced
+
+    def add(self, batch: ScoredBatch) -> None:
+        self.offsets.update(batch.offsets)
+        self.batches.append(batch)
+
+
 class AckCommitter(_CommitterBase):
-    """At-least-once: commit offsets after the outputs' acknowledgements, without blocking the loop."""
+    """At-least-once: commit offsets after the outputs' acknowledgements, without blocking the loop.
+
+    Batches go through two spans. *Open*: produced since the last seal. At a seal (every
+    `seal_interval_s`, or when a commit must happen now) extensions produce what must be durable
+    with the offsets (`DetectExtension.on_seal`: the changed cards' state) and the open span
+    becomes *sealed*: its offsets are committed once everything produced is acknowledged. A seal
+    happens only between a batch's routing and the next batch's scoring, so the state it writes is
+    exactly the state of the sealed batches.
+    """
 
     def _init_state(self) -> None:
-        self.pending: dict[int, int] | None = None
-        self.pending_batches = 0
-        self.pending_since = 0.0
+        self.open: _Span | None = None
+        self.sealed: _Span | None = None
+        self.last_seal = time.monotonic()
         # produced_ms of the batches whose verdicts are not yet known to be acknowledged: the
         # end-to-end latency ends when the loop sees the producer queue empty (an upper bound).
         self.undelivered: list[list[int]] = []
-        # The batches produced but not yet committed (to find a refused output's source).
-        self.unsettled: list[ScoredBatch] = []
+
+    @property
+    def unsettled(self) -> list[ScoredBatch]:
+        """The batches produced but not yet committed (to find a refused output's source)."""
+        return [*(self.sealed.batches if self.sealed else ()), *(self.open.batches if self.open else ())]
 
     def start(self) -> None:
         """Nothing to prepare."""
@@ -147,18 +173,39 @@ class AckCommitter(_CommitterBase):
         return _first_then_fetched(consumer, first, limit)
 
     def submit(self, batch: ScoredBatch) -> None:
-        """Commit what earlier batches got acknowledged, then produce this one's outputs."""
-        self.settle(block=False)
+        """Commit what earlier batches got acknowledged, then produce this one's outputs.
+
+        No seal before the routing: the feature state already holds this batch's rows.
+        """
+        self._commit_sealed(block=False)
         self.router.route(batch)
-        self.unsettled.append(batch)
         self.undelivered.append(batch.produced_ms)
-        if self.pending is None:
-            self.pending = dict(batch.offsets)
-            self.pending_batches = 1
-            self.pending_since = time.monotonic()
+        if self.open is None:
+            self.open = _Span(dict(batch.offsets), [batch], time.monotonic())
         else:
-            self.pending.update(batch.offsets)
-            self.pending_batches += 1
+            self.open.add(batch)
+        if self._overdue() or time.monotonic() - self.last_seal >= self.settings.seal_interval_s:
+            self._seal()
+
+    def _seal(self) -> None:
+        """Produce the extensions' durable state for the open batches; they join the sealed span."""
+        self.last_seal = time.monotonic()
+        span, self.open = self.open, None
+        if span is None:
+            return
+        self.router.seal()
+        if self.sealed is None:
+            self.sealed = span
+        else:
+            self.sealed.offsets.update(span.offsets)
+            self.sealed.batches.extend(span.batches)
+
+    def _overdue(self) -> bool:
+        oldest = self.sealed or self.open
+        if oldest is None:
+            return False
+        batches = len(self.unsettled)
+        return batches >= MAX_UNSETTLED_BATCHES or time.monotonic() - oldest.since >= MAX_UNSETTLED_S
 
     def all_delivered(self) -> None:
         """The producer queue was just seen empty: every verdict produced so far is delivered now."""
@@ -204,17 +251,21 @@ class AckCommitter(_CommitterBase):
     def settle(self, block: bool, close_by: float | None = None) -> None:
         """Commit the offsets of the batches produced so far once all their outputs are acknowledged.
 
-        Without `block` this never waits: it commits only if nothing is outstanding right now, so
-        acknowledgements arrive while the next batch is scored. Past MAX_UNSETTLED_BATCHES or
-        MAX_UNSETTLED_S it waits, which bounds what a crash makes the group re-process.
+        Called between batches: seals the open batches when the interval is up (always with
+        `block`). Without `block` this never waits: it commits only if nothing is outstanding right
+        now, so acknowledgements arrive while the next batch is scored. Past MAX_UNSETTLED_BATCHES
+        or MAX_UNSETTLED_S it waits, which bounds what a crash makes the group re-process.
         """
-        if self.pending is None:
+        if self.open is not None and (
+            block or self._overdue() or time.monotonic() - self.last_seal >= self.settings.seal_interval_s
+        ):
+            self._seal()
+        self._commit_sealed(block, close_by)
+
+    def _commit_sealed(self, block: bool, close_by: float | None = None) -> None:
+        if self.sealed is None:
             return
-        overdue = (
-            self.pending_batches >= MAX_UNSETTLED_BATCHES
-            or time.monotonic() - self.pending_since >= MAX_UNSETTLED_S
-        )
-        if block or overdue:
+        if block or self._overdue():
             if not self.wait_delivered(close_by):
                 return
         else:
@@ -226,9 +277,8 @@ class AckCommitter(_CommitterBase):
                 self.router.dead_letter_refused(self.unsettled)
                 return  # committed once those dead letters are acknowledged
             self.router.check_deliveries()
-        offsets, self.pending = self.pending, None
-        self.pending_batches = 0
-        self.unsettled = []
+        offsets = self.sealed.offsets
+        self.sealed = None
         topic = self.settings.topics.transactions
         partitions = [self.kafka.TopicPartition(topic, p, o) for p, o in offsets.items()]
         try:
@@ -249,8 +299,7 @@ class AckCommitter(_CommitterBase):
         """The partitions already belong to someone else: a commit would be refused."""
         self.producer.flush(self.settings.delivery_timeout_s)
         self.all_delivered()
-        self.pending = None
-        self.unsettled = []
+        self.open = self.sealed = None
 
     def close(self, failed: bool, close_by: float) -> None:
         """Settle everything on a clean stop (by close_by); after a failure nothing more is committed."""
@@ -259,8 +308,7 @@ class AckCommitter(_CommitterBase):
 
     def forget(self) -> None:
         """Drop the uncommitted batches: the group re-processes them after a restart."""
-        self.pending = None
-        self.unsettled = []
+        self.open = self.sealed = None
 
 
 class TransactionalCommitter(_CommitterBase):
@@ -312,6 +360,7 @@ class TransactionalCommitter(_CommitterBase):
         self._call("begin a transaction", producer.begin_transaction)
         self.in_transaction = True
         self.router.route(batch)
+        self.router.seal()
         topic = self.settings.topics.transactions
         offsets = [self.kafka.TopicPartition(topic, p, o) for p, o in batch.offsets.items()]
         producer.send_offsets_to_transaction(

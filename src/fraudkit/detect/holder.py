@@ -54,6 +54,18 @@ class ModelHolder:
         self._lock = threading.Lock()
         # Rules applied after scoring; installed between batches by RulesExtension (fraudkit.rules.live).
         self.rules: ActiveRules | None = None
+        # The drift alarm now (set by the telemetry, read by the retraining): since when (monotonic)
+        # some column is over drift.psi_threshold, and which, worst first.
+        self.drifting_since: float | None = None
+        self.drifting: list[str] = []
+
+    def note_drift(self, columns: list[str], now: float) -> None:
+        """The columns over the drift threshold right now (empty: none): keeps when the alarm began."""
+        if not columns:
+            self.drifting_since = None
+        elif self.drifting_since is None:
+            self.drifting_since = now
+        self.drifting = list(columns)
 
     def offer(self, model: Scorer, spec: FeatureSpec | None = None) -> None:
         """Queue a model to serve from the next batch on (thread-safe; the latest offer wins)."""

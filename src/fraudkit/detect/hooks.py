@@ -80,5 +80,10 @@ class DetectExtension:
         """While a batch's outputs are produced (inside its transaction in exactly-once mode), before
         its offsets are committed; `sources[i]` is the message transactions[i] came from."""
 
+    def on_seal(self, producer: Producer, on_delivery: Callable[..., None]) -> None:
+        """Before the offsets of every batch produced so far are committed, between batches: produce
+        what must be durable with them (at-least-once: once per `state.commit_interval_ms`; exactly-once:
+        inside each batch's transaction). Offsets are committed once these outputs are acknowledged."""
+
     def on_stop(self) -> None:
         """After the loop ended and the last batch was committed."""

@@ -93,10 +93,15 @@ class OutputRouter:
             except kafka_exception as exc:
                 self._output_refused(message, verdict_topic, exc)
         if batch.transactions and self.extensions:
-            # Durable state goes out with the outputs, before the offsets (fraudkit.state).
+            # Durable state follows the outputs (fraudkit.state): noted here, produced at the seal.
             sources = [messages[index] for index in batch.good]
             for extension in self.extensions:
                 extension.on_batch_produce(self.producer, batch.transactions, sources, failed)
+
+    def seal(self) -> None:
+        """Produce what extensions keep durable with the offsets about to be committed (fraudkit.state)."""
+        for extension in self.extensions:
+            extension.on_seal(self.producer, self.delivery_failed)
 
     def send(self, topic: str, value: bytes | None, key: Any, headers: Any) -> None:
         """Produce one message, serving delivery reports while the local queue is full (never drop)."""

@@ -116,6 +116,7 @@ class DetectSettings:
     labels_from_beginning: bool
     delivery_timeout_s: float
     close_timeout_s: float
+    seal_interval_s: float
     duration_s: float | None
     max_transactions: int | None
     until_idle_s: float | None
@@ -143,6 +144,9 @@ class DetectSettings:
             # A delivery, commit or transaction waits at least this long before it is a failure.
             delivery_timeout_s=max(30.0, config.kafka.connect_timeout_s),
             close_timeout_s=config.kafka.close_timeout_s,
+            # At-least-once: how often durable state is written (and the offsets it covers
+            # committed); without state every batch is sealed at once, as nothing waits for it.
+            seal_interval_s=config.state.commit_interval_ms / 1000 if config.state.enabled else 0.0,
             duration_s=options.duration_s,
             max_transactions=options.max_transactions,
             until_idle_s=options.until_idle_s,

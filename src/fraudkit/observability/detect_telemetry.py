@@ -95,11 +95,16 @@ class DetectTelemetry(DetectExtension):
     def drift_check(self) -> dict[str, Any]:
         """Recompute PSI over the window, log threshold crossings; figures for the status panel."""
         monitor = self.drift
+        holder = self._holder
         if monitor is None:
             self.drift_report = DriftReport(threshold=self.config.drift.psi_threshold)
+            if holder is not None:
+                holder.note_drift([], time.monotonic())
             return {}
         report = monitor.report()
         self.drift_report = report
+        if holder is not None:
+            holder.note_drift(report.drifted, time.monotonic())
         for column, change, value in monitor.alarms(report):
             if change == "drifted":
                 self.drift_alarms[column] += 1

@@ -231,6 +231,27 @@ class RetrainPolicy:
         self.last_start = now
 
 
+class DriftTrigger:
+    """When sustained drift asks for a retraining: an alarm older than `after_s`, at most once per `cooldown_s`."""
+
+    def __init__(self, after_s: float | None, cooldown_s: float) -> None:
+        self.after_s = after_s
+        self.cooldown_s = cooldown_s
+        self.last_start: float | None = None
+        self.started_count = 0
+
+    def due(self, now: float, drifting_since: float | None) -> bool:
+        """Whether the alarm that began at `drifting_since` (None: no alarm) calls for a retraining now."""
+        if self.after_s is None or drifting_since is None or now - drifting_since < self.after_s:
+            return False
+        return self.last_start is None or now - self.last_start >= self.cooldown_s
+
+    def started(self, now: float) -> None:
+        """A drift-triggered retraining started."""
+        self.last_start = now
+        self.started_count += 1
+
+
 @dataclass
 class RetrainStats:
     """Figures of one detector's retraining side, for status, summaries and tests."""
@@ -240,6 +261,7 @@ class RetrainStats:
     rejected: int = 0
     failed: int = 0
     swaps_announced: int = 0
+    drift_triggered: int = 0
     buffer_rows: int = 0
     buffer_files_written: int = 0
     write_errors: int = 0
@@ -254,6 +276,7 @@ class RetrainStats:
             "rejected": self.rejected,
             "failed": self.failed,
             "swaps_announced": self.swaps_announced,
+            "drift_triggered": self.drift_triggered,
             "buffer_rows": self.buffer_rows,
             "buffer_files_written": self.buffer_files_written,
             "write_errors": self.write_errors,
@@ -386,6 +409,7 @@ class RetrainExtension(DetectExtension):
         self._producer: Producer | None = None
         self.lock: TrainerLock | None = None
         self.policy: RetrainPolicy | None = None
+        self.drift_trigger = DriftTrigger(config.drift.retrain_after_s, config.drift.retrain_cooldown_s)
 
     # -- hooks (the loop's thread) --------------------------------------------------------------
 
@@ -588,20 +612,32 @@ class RetrainExtension(DetectExtension):
         # (counted on this thread, after they were written, so a job started now finds them).
         new_labels, self._labels_logged = self._labels_logged, 0
         self.policy.observe(new_labels)
-        if self._job is not None or not self.policy.due(now):
+        if self._job is not None:
+            return
+        drifting_since = self.holder.drifting_since
+        # Drift alone cannot teach a model anything: it needs labels in the feature log to train on.
+        drifted = self.stats.buffer_rows > 0 and self.drift_trigger.due(now, drifting_since)
+        if not drifted and not self.policy.due(now):
             return
         new_rows = self.policy.labels_since
         self.policy.started(now)
         if not self.lock.try_acquire(self.instance_id):
             self._lock_taken()
             return
+        if drifted and drifting_since is not None:
+            self.drift_trigger.started(now)
+            self.stats.drift_triggered += 1
+            columns = ", ".join(self.holder.drifting[:3]) or "a column"
+            reason = f"{columns} drifted for {now - drifting_since:.0f}s (drift.retrain_after_s)"
+        else:
+            reason = f"{new_rows:,} new labels"
         champion = self.holder.model.version
         self._job = RetrainJob.launch(
             self.config, self._spec_dict, champion, self.instance_id, self.worker_command
         )
         self.stats.jobs += 1
         self.log(
-            f"retraining started after {new_rows:,} new labels: {self.stats.buffer_rows:,} in the feature log, "
+            f"retraining started after {reason}: {self.stats.buffer_rows:,} labels in the feature log, "
             f"champion {champion} (process {self._job.process.pid})"
         )
 

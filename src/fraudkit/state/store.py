@@ -2,11 +2,13 @@
 
 The shape of Kafka Streams' and Quix Streams' changelogged stores:
 
-* **write**: with every batch, the changed cards' state is produced to a compacted changelog
-  topic co-partitioned with the transactions topic (card state of transactions partition p goes
-  to changelog partition p, keyed by card id), by the loop's own producer, before the batch's
-  offsets are committed (at-least-once: the commit waits for these acknowledgements too) or
-  inside the batch's Kafka transaction (exactly-once: state and outputs commit or abort together).
+* **write**: the changed cards' state is produced to a compacted changelog topic co-partitioned
+  with the transactions topic (card state of transactions partition p goes to changelog partition
+  p, keyed by card id), by the loop's own producer, before the offsets it covers are committed.
+  At-least-once: once per `state.commit_interval_ms`, each card changed since the last write once
+  (as Kafka Streams' record cache flushes at each commit), and the commit waits for these
+  acknowledgements too. Exactly-once: inside each batch's Kafka transaction (state and outputs
+  commit or abort together).
 * **restore**: when a partition is assigned, its changelog partition is read to its end
   (read_committed, with a deadline) before any of its messages is processed, whoever owned it
   before. Cards restored from batches that were never committed are put in the replay guard
@@ -76,6 +78,8 @@ class StateExtension(DetectExtension):
         self._features: GuardedFeatures | None = None
         self._reasons_logged = 0
         self._early_log: list[str] = []
+        # Cards changed since the last seal: card id -> (its last transaction, that row's message).
+        self._dirty: dict[str | None, tuple[Transaction, Any]] = {}
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -140,6 +144,7 @@ class StateExtension(DetectExtension):
         if self.context.holder.features is not self._features:
             self._install(self.context)
             self.partition_cards = {}
+            self._dirty = {}  # state of the old spec: a restore under the new one skips it anyway
         return self._features
 
     # -- restore on assignment ----------------------------------------------------------------
@@ -285,6 +290,8 @@ class StateExtension(DetectExtension):
             for p in partitions:
                 self._features.drop_cards(self.partition_cards.pop(p, set()))
                 self._features.partition_times.pop(p, None)
+            gone = set(partitions)
+            self._dirty = {c: e for c, e in self._dirty.items() if e[1].partition() not in gone}
         else:
             self.parked.update(partitions)
 
@@ -297,36 +304,52 @@ class StateExtension(DetectExtension):
         sources: Sequence[Message],
         on_delivery: Callable[..., None],
     ) -> None:
+        """Note the cards this batch changed (their last row, offset order); `on_seal` writes them."""
         if self._features is None:
             return
         features = self._current()  # a model with another feature spec brings new features
         if not features.spec.use_card:
             return
-        # The last row of each card in this batch (offset order), with its partition and offset.
         last: dict[str | None, tuple[Transaction, Any]] = {}
         for tx, message in zip(transactions, sources, strict=True):
             last[tx.card_id] = (tx, message)
         guard = features.replay_guard
+        dirty = self._dirty
+        partition_times = features.partition_times
+        for card_id, entry in last.items():
+            partition = entry[1].partition()
+            event_time = entry[0].event_time_ms
+            if event_time > partition_times.get(partition, NEVER_MS):
+                partition_times[partition] = event_time
+            if card_id in guard:
+                continue  # every row of it in this batch was a replay: its state did not change
+            dirty[card_id] = entry
+        self.figures["replayed_rows"] = features.replayed_rows
+
+    def on_seal(self, producer: Producer, on_delivery: Callable[..., None]) -> None:
+        """Write each card changed since the last seal once, with its state as of now."""
+        dirty, self._dirty = self._dirty, {}
+        if not dirty or self._features is None:
+            return
+        features = self._current()
+        if not features.spec.use_card:
+            return
         export = features.export_card
         fingerprint = self._fingerprint
         topic = self.topic
         partition_cards = self.partition_cards
-        partition_times = features.partition_times
+        produce = producer.produce
         written = 0
-        for card_id, (tx, message) in last.items():
-            partition = message.partition()
-            if tx.event_time_ms > partition_times.get(partition, NEVER_MS):
-                partition_times[partition] = tx.event_time_ms
-            if card_id in guard:
-                continue  # every row of it in this batch was a replay: its state did not change
+        for card_id, (tx, message) in dirty.items():
             state = export(card_id)
             if state is None:
-                continue
+                continue  # expired since
+            partition = message.partition()
             value = encode_card(fingerprint, message.offset(), (tx.event_time_ms, tx.transaction_id), state)
             key = None if card_id is None else card_id.encode()
             while True:
                 try:
-                    producer.produce(topic, value, key, partition=partition, on_delivery=on_delivery)
+                    produce(topic, value, key, partition=partition, on_delivery=on_delivery)
                     break
                 except BufferError:
                     producer.poll(0.05)
@@ -336,7 +359,6 @@ class StateExtension(DetectExtension):
             owned.add(card_id)
             written += 1
         self.figures["changelog_records"] += written
-        self.figures["replayed_rows"] = features.replayed_rows
 
     # -- snapshots ----------------------------------------------------------------------------
 

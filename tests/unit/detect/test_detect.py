@@ -474,10 +474,19 @@ def scripted_loop(
     extensions: list[DetectExtension] | None = None,
     max_transactions: int | None = None,
     detect: dict[str, Any] | None = None,
+    state: dict[str, Any] | None = None,
 ) -> tuple[DetectLoop, FakeConsumer, FakeProducer, list[tuple[Any, ...]]]:
-    """A loop over fake clients, bounded by max_transactions (else by a short idle time)."""
+    """A loop over fake clients, bounded by max_transactions (else by a short idle time).
+
+    Durable state is off unless `state` says otherwise: no StateExtension runs here, and with it on
+    the committer seals (and commits) only once per state.commit_interval_ms.
+    """
     config = FraudkitConfig.model_validate(
-        {"registry": {"path": str(tmp_path)}, "detect": {"batch_size": 10, **(detect or {})}}
+        {
+            "registry": {"path": str(tmp_path)},
+            "detect": {"batch_size": 10, **(detect or {})},
+            "state": state or {"enabled": False},
+        }
     )
     events: list[tuple[Any, ...]] = []
     consumer = FakeConsumer(events, batches)
@@ -583,6 +592,86 @@ def test_revocation_commits_the_batch_in_flight_first(
     assert events[revoked + 1 : revoked + 3] == [("flush", 2), ("commit", {0: 1}, False)]
     assert events.index(("produce", loop.topics.verdicts), revoked) > revoked + 2
     assert loop.assigned == {1}
+
+
+class SealRecorder(DetectExtension):
+    """Notes the cards each batch changed and writes one 'changelog' record per card at each seal."""
+
+    def __init__(self, events: list[tuple[Any, ...]]) -> None:
+        self.events = events
+        self.dirty: set[str | None] = set()
+
+    def on_batch_produce(self, producer: Any, transactions: Any, sources: Any, on_delivery: Any) -> None:
+        self.dirty.update(tx.card_id for tx in transactions)
+        self.events.append(("batch_produce", len(transactions)))
+
+    def on_seal(self, producer: Any, on_delivery: Any) -> None:
+        self.events.append(("seal", len(self.dirty)))
+        for card_id in sorted(self.dirty, key=str):
+            producer.produce("changelog", b"state", card_id, on_delivery=on_delivery)
+        self.dirty = set()
+
+
+def test_state_is_sealed_once_per_interval_before_the_offsets_it_covers_are_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[tuple[Any, ...]] = []
+    recorder = SealRecorder(events)
+    batches = [batch([(0, 0), (1, 0)]), batch([(0, 1)]), batch([(1, 1)])]
+    loop, _, producer, events = scripted_loop(
+        tmp_path,
+        monkeypatch,
+        batches,
+        max_transactions=4,
+        extensions=[recorder],
+        state={"commit_interval_ms": 1000},
+    )
+    recorder.events = events
+    producer.acks_on_poll = True  # acknowledged at once: only the interval holds the commit back
+    loop.run()
+    # The three batches fit in one interval: no seal and no commit until the close, then one seal
+    # writing each changed card once, and one commit of everything (FakeConsumer.commit checks
+    # the changelog records were acknowledged first).
+    seals = [e for e in events if e[0] == "seal"]
+    commits = [e for e in events if e[0] == "commit"]
+    cards = {orjson.loads(m.value())["card_id"] for b in batches for m in b}
+    assert seals == [("seal", len(cards))] and commits == [("commit", {0: 2, 1: 2}, False)]
+    assert events.index(seals[0]) > max(i for i, e in enumerate(events) if e[0] == "batch_produce")
+    assert events.index(commits[0]) > events.index(seals[0])
+    assert [p[0] for p in producer.produced].count("changelog") == len(cards) < 4
+
+
+def test_without_an_interval_every_batch_is_sealed_before_its_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = SealRecorder([])
+    batches = [batch([(0, 0), (1, 0)]), batch([(0, 1)]), batch([(1, 1)])]
+    loop, _, producer, events = scripted_loop(
+        tmp_path,
+        monkeypatch,
+        batches,
+        max_transactions=4,
+        extensions=[recorder],
+        state={"commit_interval_ms": 0},
+    )
+    recorder.events = events
+    producer.acks_on_poll = True
+    loop.run()
+    kinds = [e[0] for e in events if e[0] in ("batch_produce", "seal", "commit")]
+    # Each batch's state is sealed right after it is routed, and committed before the next is produced.
+    assert kinds == [
+        "batch_produce",
+        "seal",
+        "commit",
+        "batch_produce",
+        "seal",
+        "commit",
+        "batch_produce",
+        "seal",
+        "commit",
+    ]
+    cards = [len({orjson.loads(m.value())["card_id"] for m in b}) for b in batches]
+    assert [e[1] for e in events if e[0] == "seal"] == cards
 
 
 def test_exactly_once_puts_outputs_and_offsets_in_one_transaction(

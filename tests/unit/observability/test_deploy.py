@@ -222,7 +222,9 @@ def populated_detect_scrape(config: FraudkitConfig) -> set[str]:
     latency.add([5])
     model = SimpleNamespace(version="v1", feature_names=["amount"], manifest={})
     features = SimpleNamespace(state_counts=lambda: {"cards": 1, "terminals": 1, "terminal_labels": 0})
-    holder = SimpleNamespace(model=model, swaps=0, retrain_outcomes={}, features=features)
+    holder = SimpleNamespace(
+        model=model, swaps=0, retrain_outcomes={}, features=features, note_drift=lambda columns, now: None
+    )
     telemetry.bind(DetectSummary(detector="detect-0", consumed=1, verdicts=1), latency, holder)
     telemetry.batch_processed(0.01, [(0, "amount: -1 is negative")])
     reference = build_reference(np.arange(1000.0)[:, None], ["amount"], np.linspace(0, 1, 1000), 10)

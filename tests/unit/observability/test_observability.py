@@ -303,6 +303,41 @@ def test_detect_telemetry_exports_the_loop_figures(config: FraudkitConfig) -> No
     assert set(series) <= prom.series_names()
 
 
+def test_the_drift_check_tells_the_holder_since_when_columns_drift(config: FraudkitConfig) -> None:
+    from fraudkit.detect import ModelHolder
+    from fraudkit.features import FeatureSpec
+    from fraudkit.model.network import RuleModel
+
+    telemetry = DetectTelemetry(config, "detect-7")
+    spec = FeatureSpec.from_config(
+        config.features,
+        SimpleNamespace(
+            has_card=False, has_terminal=False, has_location=False, has_country=False, passthrough=[]
+        ),
+    )
+    holder = ModelHolder(RuleModel(900.0, spec.names), spec)
+    telemetry.bind(DetectSummary(detector="detect-7"), LatencyHistogram(), holder)
+    monitor, rng = shifted_monitor()
+    telemetry.drift = monitor
+    for _ in range(8):
+        monitor.add(np.column_stack([rng.normal(size=250), rng.exponential(size=250)]), rng.uniform(size=250))
+    telemetry.drift_check()
+    assert holder.drifting_since is None and holder.drifting == []
+    for _ in range(8):
+        monitor.add(
+            np.column_stack([rng.normal(1.5, size=250), rng.exponential(size=250)]), rng.uniform(size=250)
+        )
+    telemetry.drift_check()
+    began = holder.drifting_since
+    assert began is not None and holder.drifting == ["card_amount_ratio_168h"]
+    telemetry.drift_check()
+    assert holder.drifting_since == began  # the same alarm: it keeps its start
+    for _ in range(8):
+        monitor.add(np.column_stack([rng.normal(size=250), rng.exponential(size=250)]), rng.uniform(size=250))
+    telemetry.drift_check()
+    assert holder.drifting_since is None
+
+
 def test_the_log_line_names_drifted_columns() -> None:
     status = DetectStatus(
         detector="d",

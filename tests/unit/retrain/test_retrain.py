@@ -12,11 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fraudkit.config import FraudkitConfig
+from fraudkit.config import FeaturesConfig, FraudkitConfig
+from fraudkit.detect import ModelHolder
 from fraudkit.errors import DataError
+from fraudkit.features import FeatureSpec
+from fraudkit.model.network import RuleModel
 from fraudkit.retrain.extension import (
     MODEL_PUBLISHED,
     RETRAIN_FAILED,
+    DriftTrigger,
     RetrainJob,
     RetrainPolicy,
     TrainerLock,
@@ -173,6 +177,34 @@ def test_policy_is_due_every_n_labels_or_after_the_interval_with_new_labels() ->
     timed.observe(1)
     assert not timed.due(29.0)
     assert timed.due(30.0)
+
+
+def test_drift_starts_a_retraining_once_sustained_and_then_waits_out_the_cooldown() -> None:
+    trigger = DriftTrigger(after_s=60.0, cooldown_s=600.0)
+    assert not trigger.due(1000.0, None)  # no alarm
+    assert not trigger.due(1059.0, 1000.0)  # an alarm, not yet sustained
+    assert trigger.due(1060.0, 1000.0)
+    trigger.started(1060.0)
+    assert not trigger.due(1600.0, 1000.0)  # still drifting, inside the cooldown
+    assert trigger.due(1660.0, 1000.0)
+    assert not DriftTrigger(after_s=None, cooldown_s=600.0).due(1e9, 0.0)  # off by default
+
+
+class AmountOnly:
+    has_card = has_terminal = has_location = has_country = False
+    passthrough: ClassVar[list[str]] = []
+
+
+def test_the_holder_keeps_when_the_drift_alarm_began() -> None:
+    spec = FeatureSpec.from_config(FeaturesConfig(), AmountOnly())
+    holder = ModelHolder(RuleModel(900.0, spec.names), spec)
+    holder.note_drift(["amount"], 10.0)
+    holder.note_drift(["log_amount", "amount"], 20.0)
+    assert holder.drifting_since == 10.0 and holder.drifting == ["log_amount", "amount"]
+    holder.note_drift([], 30.0)
+    assert holder.drifting_since is None and holder.drifting == []
+    holder.note_drift(["amount"], 40.0)
+    assert holder.drifting_since == 40.0
 
 
 def test_trainer_lock_is_held_by_one_detector_at_a_time(tmp_path: Path) -> None:
