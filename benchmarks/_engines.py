@@ -40,8 +40,8 @@ def chosen_engines(args: argparse.Namespace) -> list[str]:
 
 
 @contextlib.contextmanager
-def local_broker(engine: str) -> Iterator[RunningBroker]:
-    """A fresh single-node broker of the engine (Apache Kafka's jars installed first if needed).
+def local_broker(engine: str, brokers: int = 1, timeout_s: float = 120.0) -> Iterator[RunningBroker]:
+    """A fresh local broker (or cluster) of the engine (Apache Kafka's jars installed first if needed).
 
     SIGTERM and SIGINT of the script stop this broker before the script exits: the broker runs in
     a session of its own, so a benchmark killed without this left it running.
@@ -49,7 +49,7 @@ def local_broker(engine: str) -> Iterator[RunningBroker]:
     if engine == "kafka":
         install_kafka(default_cache_dir())
     print(f"--- broker: {engine_version(engine)}", flush=True)
-    with _signals_unwind() as stopping, running_cluster(engine, timeout_s=120) as handle:
+    with _signals_unwind() as stopping, running_cluster(engine, brokers, timeout_s) as handle:
         try:
             yield handle
         finally:
