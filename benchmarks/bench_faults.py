@@ -37,17 +37,12 @@ from typing import Any
 import numpy as np
 import orjson
 from _detector_log import DetectorLog
+from _engines import local_broker
 
 from fraudkit.config import FraudkitConfig, load_config
 from fraudkit.schema import Transaction, encode
 from fraudkit.stream import kafka
-from fraudkit.stream.broker import (
-    RunningBroker,
-    default_cache_dir,
-    engine_version,
-    install_kafka,
-    running_cluster,
-)
+from fraudkit.stream.broker import RunningBroker
 
 STOPPED_NODE = 1  # index: the second node (node id 2)
 START_MS = 1_767_225_600_000  # 2026-01-01
@@ -226,15 +221,11 @@ def main() -> None:
     parser.add_argument("--model", default="rules", help="the detector's --model (default rules)")
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
-    install_kafka(default_cache_dir())
-    print(
-        f"--- broker: {engine_version('kafka')}, three nodes, replication 3, min.insync.replicas 2",
-        flush=True,
-    )
+    print("--- cluster: three nodes, replication 3, min.insync.replicas 2", flush=True)
     print(f"--- detector: --exactly-once --model {args.model}", flush=True)
     with (
         tempfile.TemporaryDirectory(prefix="bench-faults-") as folder,
-        running_cluster("kafka", brokers=3, timeout_s=180) as cluster,
+        local_broker("kafka", brokers=3, timeout_s=180) as cluster,
     ):
         workdir = Path(folder)
         if not args.skip_baseline:

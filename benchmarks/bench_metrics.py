@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python benchmarks/bench_metrics.py [--transactions 100000] [--rounds 2]
 
-Starts its own embedded broker, pre-loads --transactions simulated transactions once, then runs
+Starts its own Apache Kafka broker, pre-loads --transactions simulated transactions once, then runs
 the detector over all of them (a fresh consumer group each time) alternately without telemetry
 and with it: `DetectTelemetry` (score histogram, drift window over every feature and the score,
 against a drift reference in the model's manifest), the HTTP server, and a scraper reading
@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from _engines import local_broker
 from bench_detect import bench_config, preload, publish_mlp, simulated_transactions
 
 from fraudkit.config import FraudkitConfig
@@ -26,7 +27,7 @@ from fraudkit.observability.detect_telemetry import DetectTelemetry
 from fraudkit.observability.server import ObservabilityServer
 from fraudkit.schema import Transaction
 from fraudkit.stream import kafka
-from fraudkit.stream.broker import free_port, running_broker
+from fraudkit.stream.broker import free_port
 
 
 def publish_mlp_with_reference(config: FraudkitConfig, sample: list[Transaction]) -> str:
@@ -92,8 +93,8 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, running_broker() as bootstrap:
-        config = bench_config(bootstrap, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp, local_broker("kafka") as handle:
+        config = bench_config(handle.bootstrap_servers, Path(tmp))
         transactions = simulated_transactions(args.transactions)
         version = publish_mlp_with_reference(config, transactions)
         kafka.ensure_topics(config)

@@ -3,13 +3,13 @@
 Run: .venv/bin/python benchmarks/bench_retrain.py [--rate 5000] [--labels 100000] [--partitions 1]
      [--max-retrain-seconds 400] [--keep DIR]
 
-Starts its own embedded broker and a temporary registry holding v1 (a [64, 32] MLP with random
-weights normalised on the stream, so a trained challenger beats it). One detector runs as a
-subprocess (`python -m fraudkit detect --json --quiet`, retrain.role all, retrain.every_labels =
-retrain.window_rows = --labels, an empty feature log) while another process produces simulated
-transactions at --rate per second (produced_ms stamped at produce time) and each one's label 2 s
-later, with the project's producer settings. Topics have --partitions partitions (1, as the
-latency run of bench_detect.py: the embedded broker's fetch cost grows with partitions x history).
+Starts its own broker per engine (--engines, default kafka,tansu) and a temporary registry holding
+v1 (a [64, 32] MLP with random weights normalised on the stream, so a trained challenger beats it).
+One detector runs as a subprocess (`python -m fraudkit detect --json --quiet`, retrain.role all,
+retrain.every_labels = retrain.window_rows = --labels, an empty feature log) while another process
+produces simulated transactions at --rate per second (produced_ms stamped at produce time) and each
+one's label 2 s later, with the project's producer settings. Topics have --partitions partitions
+(1, as the latency run of bench_detect.py: Tansu's fetch cost grows with partitions x history).
 
 1. Baseline: from 5 s after the start until the --labels-th label. Scored rows and labels flow
    into the feature log, but nothing retrains yet.

@@ -7,7 +7,9 @@ Without --url (or $FRAUDKIT_TEST_POSTGRES_URL) it starts a throw-away local Post
 Prints rows/s of `Database.write_batch` (COPY into a temp table + INSERT ... ON CONFLICT) next to a
 baseline measured in the same run (psycopg executemany of INSERT ... ON CONFLICT DO NOTHING), then
 rows/s of `run_sink` consuming verdicts from a local broker into the same database, measured from
-the first written batch to the last (group join and the idle wait left out).
+the first written batch to the last (group join and the idle wait left out), next to the broker
+alone in the same run: a plain consumer of a fresh group reading the same verdict topic in batches
+of --batch-size with no processing, measured the same way (first batch to last).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import psycopg
 from _engines import add_engines_argument, chosen_engines, local_broker
 
 from fraudkit import schema
-from fraudkit.config import load_config
+from fraudkit.config import FraudkitConfig, load_config
 from fraudkit.storage.database import VERDICT_FIELDS, open_database
 from fraudkit.storage.localpg import running_postgres
 from fraudkit.storage.sink import SinkOptions, SinkSummary, run_sink, verdict_row
@@ -99,7 +101,28 @@ def baseline_executemany(url: str, rows: list[tuple[Any, ...]], batch_size: int)
         drop(url, table)
 
 
-def end_to_end(url: str, count: int, batch_size: int, engine: str) -> tuple[float, SinkSummary]:
+def plain_consumer(config: FraudkitConfig, count: int, batch_size: int) -> float:
+    """Messages/s of a fresh group reading `count` verdicts in batches, no processing, first to last batch."""
+    consumer = kafka.make_consumer(config, f"{config.sink.group_id}-plain")
+    consumer.subscribe([config.topics.verdicts])
+    marks: list[tuple[float, int]] = []
+    read = 0
+    deadline = time.monotonic() + 120
+    try:
+        while read < count and time.monotonic() < deadline:
+            messages = consumer.consume(batch_size, 1.0)
+            read += sum(1 for message in messages if message.error() is None)
+            if messages:
+                marks.append((time.perf_counter(), read))
+    finally:
+        consumer.close()
+    if read < count or len(marks) < 2:
+        raise SystemExit(f"plain consumer read {read:,} of {count:,} verdicts in {len(marks)} batch(es)")
+    (first_time, first_read), (last_time, last_read) = marks[0], marks[-1]
+    return (last_read - first_read) / (last_time - first_time)
+
+
+def end_to_end(url: str, count: int, batch_size: int, engine: str) -> tuple[float, float, SinkSummary]:
     table = f"bench_{uuid.uuid4().hex[:10]}"
     suffix = uuid.uuid4().hex[:8]
     with local_broker(engine) as handle:
@@ -124,6 +147,7 @@ def end_to_end(url: str, count: int, batch_size: int, engine: str) -> tuple[floa
             data = verdict(index)
             kafka.produce(producer, config.topics.verdicts, schema.encode(data), data["card_id"])
         kafka.flush(producer, 120)
+        plain = plain_consumer(config, count, batch_size)
         marks: list[tuple[float, int]] = []
 
         def on_batch(summary: SinkSummary) -> None:
@@ -134,7 +158,7 @@ def end_to_end(url: str, count: int, batch_size: int, engine: str) -> tuple[floa
         finally:
             drop(url, table)
     (first_time, first_rows), (last_time, last_rows) = marks[0], marks[-1]
-    return (last_rows - first_rows) / (last_time - first_time), summary
+    return (last_rows - first_rows) / (last_time - first_time), plain, summary
 
 
 def main() -> None:
@@ -178,11 +202,16 @@ def measure(args: argparse.Namespace) -> None:
                 os.remove(sqlite_path + suffix)
     if not args.skip_end_to_end:
         for engine in chosen_engines(args):
-            rate, summary = end_to_end(args.url, args.rows, args.batch_size, engine)
+            rate, plain, summary = end_to_end(args.url, args.rows, args.batch_size, engine)
             print(
                 f"end to end, {engine} broker -> sink -> PostgreSQL: {rate:,.0f} rows/s "
                 f"({summary.inserted:,} rows in {summary.batches} batches)"
             )
+            print(
+                f"baseline, the {engine} broker alone: a plain consumer read the same verdicts in "
+                f"batches of {args.batch_size:,}, no processing: {plain:,.0f} messages/s"
+            )
+            print(f"ratio sink / plain consumer: {rate / plain:.2f}")
 
 
 if __name__ == "__main__":
