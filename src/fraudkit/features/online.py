@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 import sys
 import time
 from bisect import bisect_left, bisect_right
@@ -353,6 +354,10 @@ class OnlineFeatures:
         self._labels_kept = 0
         self.labels_ignored = 0
         self._sweep: Iterator[None] | None = None  # an expiry sweep under way (expire_step)
+        # Every window's head and sum of a card at once (export_card runs per changed card).
+        windows = range(len(spec.card_windows_ms))
+        self._heads = operator.attrgetter(*(f"head_{k}" for k in windows), "last_time")
+        self._sums = operator.attrgetter(*(f"sum_{k}" for k in windows), "last_time")
 
     def transform(self, transactions: Sequence[Transaction], dtype: Any = np.float32) -> np.ndarray:
         """Features of each transaction (state before it, plus itself), updating state in the given order."""
@@ -532,17 +537,17 @@ class OnlineFeatures:
         card = self._cards.get(card_id)
         if card is None:
             return None
-        window_count = len(self.spec.card_windows_ms)
+        heads = self._heads(card)[:-1]  # (the getters end with last_time: never a 1-tuple edge case)
         # Rows before every window's head (the longest window's, in time order) are garbage.
-        base = min(getattr(card, f"head_{k}") for k in range(window_count))
+        base = min(heads)
         return [
             card.last_time,
             card.last_lat,
             card.last_lon,
             card.times[base:],
             card.amounts[base:],
-            [getattr(card, f"head_{k}") - base for k in range(window_count)],
-            [getattr(card, f"sum_{k}") for k in range(window_count)],
+            [head - base for head in heads],
+            list(self._sums(card)[:-1]),
             dict(card.countries),
             dict(card.terminals),
         ]
