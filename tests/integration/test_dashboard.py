@@ -1,5 +1,7 @@
 """The dashboard in a real browser (Debian's headless Chromium through Playwright) over a database
-filled by generate → detect → sink on the real broker; an analyst's review lands on the labels topic.
+filled by generate → detect → sink on the real broker; an analyst's reviews (a confirmed fraud, a
+verdict rejected as legitimate) land on the labels topic, and without a review token the page is
+read-only.
 
 Set FRAUDKIT_DASHBOARD_SCREENSHOT=docs/dashboard.png to refresh the README's screenshot.
 """
@@ -111,7 +113,7 @@ def test_dashboard_shows_the_database_and_publishes_reviews(
         "SELECT transaction_id, card_id FROM fraud_predictions WHERE decision = 'fraud' "
         "ORDER BY verdict_ms DESC, transaction_id LIMIT 50",
     )
-    assert flagged > 0 and labelled > 0
+    assert flagged > 1 and labelled > 0
 
     with Dashboard(config) as dashboard:
         context = browser.new_context(viewport={"width": 1400, "height": 1100})
@@ -161,6 +163,7 @@ def test_dashboard_shows_the_database_and_publishes_reviews(
         ).click()
         page.wait_for_selector("#review[open]")
         assert page.text_content("#review-id") == transaction_id
+        assert page.is_visible("#review-controls") and page.is_hidden("#review-disabled")
         page.fill("#review-token", "wrong-token-0123456789")
         page.click("#confirm-fraud")
         page.wait_for_selector("#review-status[data-outcome='refused']")
@@ -169,6 +172,26 @@ def test_dashboard_shows_the_database_and_publishes_reviews(
         page.click("#confirm-fraud")
         page.wait_for_selector("#review-status[data-outcome='published']", timeout=20_000)
         assert f"label published to {config.topics.labels}: fraud confirmed" in (
+            page.text_content("#review-status") or ""
+        )
+
+        # The next flagged verdict (all cards again) is rejected as legitimate.
+        page.click("#review-close")
+        page.click("#clear-filters")
+        page.wait_for_function(
+            "n => document.querySelector('#total-flagged').textContent === n", arg=f"{flagged:,}"
+        )
+        rejected_id, rejected_card = latest[1]
+        page.locator(f"#verdicts tbody tr[data-transaction-id='{rejected_id}'] button.open-verdict").click()
+        page.wait_for_function(
+            "id => document.querySelector('#review-id').textContent === id", arg=rejected_id
+        )
+        # A newly opened verdict carries no outcome of the previous review.
+        assert page.get_attribute("#review-status", "data-outcome") is None
+        page.fill("#review-token", TOKEN)
+        page.click("#reject-fraud")
+        page.wait_for_selector("#review-status[data-outcome='published']", timeout=20_000)
+        assert f"label published to {config.topics.labels}: rejected as legitimate" in (
             page.text_content("#review-status") or ""
         )
         assert errors == []
@@ -189,15 +212,43 @@ def test_dashboard_shows_the_database_and_publishes_reviews(
         assert request(dashboard.url + "api/review?transaction_id=x&label=0")[0] == 404
         assert request(dashboard.url + "api/review", body, {"X-Review-Token": TOKEN})[0] == 415
 
+    # Without a review token the page is read-only and the endpoint closed, even to the right token.
+    read_only = config.model_copy(deep=True)
+    read_only.dashboard.review_token = None
+    with Dashboard(read_only) as dashboard:
+        context = browser.new_context(viewport={"width": 1400, "height": 1100})
+        page = context.new_page()
+        page.goto(dashboard.url)
+        page.wait_for_selector("body[data-loaded]", timeout=15_000)
+        page.locator(
+            f"#verdicts tbody tr[data-transaction-id='{transaction_id}'] button.open-verdict"
+        ).click()
+        page.wait_for_selector("#review[open]")
+        assert page.is_hidden("#review-controls") and page.is_visible("#review-disabled")
+        assert page.text_content("#review-disabled") == "Reviews are disabled: set dashboard.review_token."
+        context.close()
+        assert request(dashboard.url + "api/review", body, {**json_type, "X-Review-Token": TOKEN}) == (
+            403,
+            {"error": "reviews are disabled: set dashboard.review_token"},
+        )
+
     analyst = [
-        orjson.loads(m.value())
-        for m in read_topic(config, config.topics.labels)
-        if orjson.loads(m.value()).get("source") == "analyst"
+        label
+        for label in (orjson.loads(m.value()) for m in read_topic(config, config.topics.labels))
+        if label.get("source") == "analyst"
     ]
-    assert len(analyst) == 1
-    (label,) = analyst
-    assert (label["transaction_id"], label["label"], label["card_id"]) == (transaction_id, 1, card)
-    ((event_time_ms,),) = db_rows(
-        config, "SELECT event_time_ms FROM fraud_predictions WHERE transaction_id = ?", (transaction_id,)
+    # One label per review, nothing from the refused requests or the read-only page.
+    assert sorted((label["transaction_id"], label["label"]) for label in analyst) == sorted(
+        [(transaction_id, 1), (rejected_id, 0)]
     )
-    assert label["event_time_ms"] == event_time_ms
+    by_id = {label["transaction_id"]: label for label in analyst}
+    confirmed, rejected = by_id[transaction_id], by_id[rejected_id]
+    assert (confirmed["label"], confirmed["card_id"]) == (1, card)
+    assert (rejected["label"], rejected["card_id"], rejected["source"]) == (0, rejected_card, "analyst")
+    for label in (confirmed, rejected):
+        ((event_time_ms,),) = db_rows(
+            config,
+            "SELECT event_time_ms FROM fraud_predictions WHERE transaction_id = ?",
+            (label["transaction_id"],),
+        )
+        assert label["event_time_ms"] == event_time_ms

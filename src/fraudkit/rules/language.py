@@ -58,6 +58,9 @@ RULES_PUBLISHED = "rules_published"
 CONTROL_KEY = "rules"
 MAX_RULES = 1000
 MAX_CONDITION_CHARS = 10_000
+# Levels of `not` and parentheses: the parser and the evaluators recurse once per level, and a
+# published set is parsed inside every detector, where Python's recursion limit must never be hit.
+MAX_NESTING = 100
 MAX_LIST_ITEMS = 100_000
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _RULE_KEYS = {"name", "when", "action", "description"}
@@ -181,6 +184,7 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = _tokenize(text)
         self.index = 0
+        self.depth = 0
 
     def peek(self) -> _Token:
         return self.tokens[self.index]
@@ -219,15 +223,20 @@ class _Parser:
 
     def unary(self) -> Node:
         token = self.peek()
-        if token.kind == "keyword" and token.text == "not":
-            self.take()
-            return Not(self.unary())
-        if token.kind == "op" and token.text == "(":
-            self.take()
+        negation = token.kind == "keyword" and token.text == "not"
+        if not negation and not (token.kind == "op" and token.text == "("):
+            return self.comparison()
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise _ParseError(f"nested deeper than {MAX_NESTING} levels of 'not' and '('", token.position)
+        self.take()
+        if negation:
+            node: Node = Not(self.unary())
+        else:
             node = self.disjunction()
             self.expect(")", "')'")
-            return node
-        return self.comparison()
+        self.depth -= 1
+        return node
 
     def operand(self) -> Operand:
         token = self.take()

@@ -1,17 +1,33 @@
-"""The dashboard's pure parts: filters, the token check, secret masking and the figures over SQLite."""
+"""The dashboard's pure parts (filters, the token check, secret masking, the figures over SQLite and the
+registry) and its review endpoint with the label publisher replaced by a recorder (no broker)."""
 
 from __future__ import annotations
 
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
+from tests.unit.model.test_registry import publish_fields
 from typer.testing import CliRunner
 
 from fraudkit.cli import app
-from fraudkit.config import load_config
-from fraudkit.dashboard.data import Filters, parse_time, read_summary, read_verdict
-from fraudkit.dashboard.server import is_loopback, token_matches
+from fraudkit.config import FraudkitConfig, load_config
+from fraudkit.dashboard.data import (
+    Filters,
+    dashboard_summary,
+    parse_time,
+    read_models,
+    read_summary,
+    read_verdict,
+)
+from fraudkit.dashboard.server import Dashboard, is_loopback, serve_dashboard, token_matches
 from fraudkit.errors import ConfigError
+from fraudkit.model.registry import Registry
+from fraudkit.schema import Label
 from fraudkit.storage.database import VERDICT_FIELDS, open_database
 
 START_MS = 1_767_225_600_000
@@ -22,22 +38,27 @@ def test_filters_from_the_query_string() -> None:
     filters = Filters.from_query(
         {
             "card": [" c1 "],
-            "terminal": [""],
+            "terminal": ["t0", " t9 "],  # the last value counts, stripped
             "min_score": ["0.25"],
             "from": ["2026-01-01T00:00"],
             "to": ["1767312000000"],
         }
     )
-    assert filters == Filters("c1", None, 0.25, START_MS, 1_767_312_000_000)
+    assert filters == Filters("c1", "t9", 0.25, START_MS, 1_767_312_000_000)
     where, params = filters.where("?")
-    assert where == "1=1 AND card_id = ? AND score >= ? AND event_time_ms >= ? AND event_time_ms < ?"
-    assert params == ["c1", 0.25, START_MS, 1_767_312_000_000]
+    assert where == (
+        "1=1 AND card_id = ? AND terminal_id = ? AND score >= ? AND event_time_ms >= ? AND event_time_ms < ?"
+    )
+    assert params == ["c1", "t9", 0.25, START_MS, 1_767_312_000_000]
+    assert Filters.from_query({"terminal": ["t9"]}).where("%s") == ("1=1 AND terminal_id = %s", ["t9"])
+    assert Filters.from_query({"terminal": ["  "]}) == Filters()  # blank: no filter
     assert Filters().where("%s") == ("1=1", [])
     for query, message in (
         ({"min_score": ["x"]}, "min_score: 'x' is not a number"),
         ({"min_score": ["2"]}, "min_score: must be between 0 and 1"),
         ({"from": ["yesterday"]}, "from: 'yesterday' is neither epoch milliseconds nor an ISO date/time"),
         ({"card": ["x" * 201]}, "card: longer than 200 characters"),
+        ({"terminal": ["x" * 201]}, "terminal: longer than 200 characters"),
     ):
         with pytest.raises(ConfigError, match=message):
             Filters.from_query(query)
@@ -64,12 +85,14 @@ def test_review_token_is_a_masked_secret(tmp_path: Path) -> None:
     assert "review_token: '******'" in result.output
 
 
-def verdict(index: int, decision: str, score: float, card: str, verdict_ms: int) -> tuple:
+def verdict(
+    index: int, decision: str, score: float, card: str, verdict_ms: int, terminal: str = "t<script>"
+) -> tuple:
     values = {
         "transaction_id": f"tx{index}",
         "event_time_ms": START_MS + index,
         "card_id": card,
-        "terminal_id": "t<script>",
+        "terminal_id": terminal,
         "amount": 10.0 * index,
         "currency": "EUR",
         "country": "DE",
@@ -95,8 +118,8 @@ def test_summary_figures_over_the_sink_write_path(tmp_path: Path) -> None:
         verdict(1, "fraud", 0.9, "c1", now),
         verdict(2, "fraud", 0.8, "c2", now - 61_000),
         verdict(3, "legit", 0.1, "c1", now - 61_000),
-        verdict(4, "fraud", 0.7, "c1", now - 10 * 60_000),
-        verdict(5, "legit", 0.2, "c3", now - 40 * 60_000),
+        verdict(4, "fraud", 0.7, "c1", now - 10 * 60_000, terminal="t9"),
+        verdict(5, "legit", 0.2, "c3", now - 40 * 60_000, terminal="t9"),
     ]
     labels = [
         ("tx1", START_MS + 1, 1, "c1", None, None, None),  # tp for v1
@@ -135,6 +158,137 @@ def test_summary_figures_over_the_sink_write_path(tmp_path: Path) -> None:
     narrowed = read_summary(database, Filters(card_id="c1", min_score=0.75), verdict_rows=10, minutes=30)
     assert narrowed["totals"]["verdicts"] == 1
     assert [v["transaction_id"] for v in narrowed["verdicts"]] == ["tx1"]
+    # The terminal filter, from the query string as the page sends it: every figure narrows.
+    by_terminal = read_summary(
+        database, Filters.from_query({"terminal": ["t9"]}), verdict_rows=10, minutes=30
+    )
+    assert (by_terminal["totals"]["verdicts"], by_terminal["totals"]["flagged"]) == (2, 1)
+    assert [v["transaction_id"] for v in by_terminal["verdicts"]] == ["tx4"]
+    assert sum(p["verdicts"] for p in by_terminal["per_minute"]) == 1  # tx5 is older than 30 minutes
+    assert by_terminal["latency_ms"]["end_to_end"]["count"] == 2
+    both = read_summary(database, Filters(card_id="c3", terminal_id="t9"), verdict_rows=10, minutes=30)
+    assert (both["totals"]["verdicts"], both["verdicts"]) == (1, [])
+    unknown = read_summary(database, Filters(terminal_id="t<"), verdict_rows=10, minutes=30)
+    assert unknown["totals"]["verdicts"] == 0  # equality, not a prefix match
     assert read_verdict(database, "tx4")["amount"] == 40.0  # type: ignore[index]
     assert read_verdict(database, "nope") is None
     database.close()
+
+
+def sink_database(tmp_path: Path) -> str:
+    """A sink database holding two fraud verdicts and one legit; returns its URL."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    database = open_database(url, "fraud_predictions", "fraud_labels")
+    database.ensure_schema()
+    now = 1_800_000_000_000
+    rows = [
+        verdict(1, "fraud", 0.9, "c1", now),
+        verdict(2, "fraud", 0.8, "c2", now),
+        verdict(3, "legit", 0.1, "c1", now),
+    ]
+    database.write_batch(rows, [])
+    database.close()
+    return url
+
+
+def test_models_panel_shows_rejected_retraining_outcomes(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "models")
+    fields = publish_fields(seed=0)
+    registry.publish(fields.pop("model_state"), **fields)  # v1, current
+    challenger = publish_fields(seed=5, threshold=0.3)
+    challenger["metrics"] = {"average_precision": 0.4, "roc_auc": 0.8}
+    registry.record_rejected(challenger.pop("model_state"), reason="AP 0.40 < champion 0.61", **challenger)
+    config = load_config(
+        None, {"registry.path": str(tmp_path / "models"), "sink.url": sink_database(tmp_path)}, environ={}
+    )
+
+    models = dashboard_summary(config, Filters())["models"]
+    assert [(m["version"], m["status"], m["current"]) for m in models] == [
+        ("v2", "rejected", False),
+        ("v1", "published", True),
+    ]
+    rejected, champion = models
+    assert (rejected["average_precision"], rejected["roc_auc"], rejected["threshold"]) == (0.4, 0.8, 0.3)
+    assert (champion["average_precision"], champion["roc_auc"], champion["threshold"]) == (0.61, None, 0.4)
+    assert rejected["trainer"] == "fraudkit train" and rejected["created_at"]
+    # No registry there (yet): the panel is empty and the page still loads.
+    config.registry.path = tmp_path / "empty"
+    assert read_models(config) == []
+
+
+class RecordingPublisher:
+    """Stands in for the Kafka label publisher: keeps what would have been produced."""
+
+    def __init__(self) -> None:
+        self.labels: list[Label] = []
+
+    def publish(self, label: Label) -> None:
+        self.labels.append(label)
+
+    def close(self) -> None:
+        pass
+
+
+def post_review(url: str, body: dict[str, Any], token: str) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json", "X-Review-Token": token}
+    request = urllib.request.Request(url + "api/review", orjson.dumps(body), headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, orjson.loads(error.read())
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return orjson.loads(response.read())
+
+
+def dashboard_config(tmp_path: Path, review_token: str | None) -> FraudkitConfig:
+    overrides = {
+        "sink.url": sink_database(tmp_path),
+        "dashboard.port": 0,
+        "dashboard.review_token": review_token,
+    }
+    return load_config(None, overrides, environ={})
+
+
+def test_without_a_review_token_the_review_endpoint_is_closed(tmp_path: Path) -> None:
+    token = "analyst-token-0123456789"
+    body = {"transaction_id": "tx1", "label": 0}
+    config = dashboard_config(tmp_path, None)
+    with Dashboard(config) as dashboard:
+        publisher = RecordingPublisher()
+        dashboard.server.publisher = publisher  # type: ignore[assignment]
+        settings = {"refresh_s": config.dashboard.refresh_s, "reviews": False}
+        assert get_json(dashboard.url + "api/settings") == settings
+        # Refused whatever token is sent, before the body or the database is looked at.
+        assert post_review(dashboard.url, body, token) == (
+            403,
+            {"error": "reviews are disabled: set dashboard.review_token"},
+        )
+        assert post_review(dashboard.url, {}, "")[0] == 403
+        assert publisher.labels == []
+
+    # The same request with the token configured publishes the analyst's label: the refusal above is
+    # the missing token, not the request.
+    with Dashboard(dashboard_config(tmp_path / "with-token", token)) as dashboard:
+        publisher = RecordingPublisher()
+        dashboard.server.publisher = publisher  # type: ignore[assignment]
+        assert get_json(dashboard.url + "api/settings")["reviews"] is True
+        status, reply = post_review(dashboard.url, body, token)
+        assert (status, reply["published"], reply["label"]["label"]) == (200, True, 0)
+        assert [(label.transaction_id, label.label, label.source) for label in publisher.labels] == [
+            ("tx1", 0, "analyst")
+        ]
+
+
+def test_serving_without_a_token_logs_that_the_page_is_read_only(tmp_path: Path) -> None:
+    config = dashboard_config(tmp_path, None)
+    stop = threading.Event()
+    stop.set()  # serve, log, and return at the first check
+    lines: list[str] = []
+    serve_dashboard(config, stop, lines.append)
+    assert lines[0] == "reviews are disabled (no dashboard.review_token): the page is read-only"
+    assert lines[1].startswith("dashboard on http://127.0.0.1:")
+    assert len(lines) == 2

@@ -70,6 +70,8 @@ MATRIX = np.array([[950, 1, 0], [10, 6, 1], [500, 5, 1], [901, 0, 0]], dtype=np.
         ("-1 < card_count_1h", [True, True, True, True]),
         ("amount > 1e3", [False, False, False, False]),
         ('country == "D\\"E"', [False, False, False, False]),
+        # MAX_NESTING (100) levels: 99 negations of a parenthesised comparison.
+        ("not " * 99 + "(amount > 900)", [False, True, True, False]),
     ],
 )
 def test_conditions_evaluate_over_the_batch(when: str, expected: list[bool]) -> None:
@@ -96,6 +98,7 @@ def test_conditions_evaluate_over_the_batch(when: str, expected: list[bool]) -> 
             "character 11: expected a comparison (== != < <= > >= in) after __import__, found '('",
         ),
         ("amount > 1 and", "character 15: expected a field"),
+        ("not " * 100 + "(amount > 1)", "character 401: nested deeper than 100 levels of 'not' and '('"),
     ],
 )
 def test_errors_name_the_rule_the_file_and_the_position(when: str, message: str) -> None:
@@ -164,6 +167,21 @@ def test_version_is_a_content_hash_and_messages_round_trip() -> None:
     tampered = {**message, "rules": [{**rules[0], "when": "amount > 1"}]}
     with pytest.raises(RuleError, match="its version does not match its content"):
         rules_from_message(tampered)
+
+
+def test_a_deeply_nested_published_condition_is_a_rule_error_not_a_recursion_error() -> None:
+    # Within the 10,000-character limit; before MAX_NESTING this hit Python's recursion limit in
+    # every detector that read the announcement (and again at each restart, from the topic's history).
+    for when, position in (
+        ("(" * 4000 + "amount > 1" + ")" * 4000, 101),
+        ("not " * 2400 + "amount > 1", 401),
+    ):
+        message = rules_message(one_rule("amount > 1"), "me", 123)
+        message["rules"] = [{"name": "deep", "when": when, "action": "flag"}]
+        with pytest.raises(
+            RuleError, match=f"rule 'deep': when, character {position}: nested deeper than 100"
+        ):
+            rules_from_message(message)
 
 
 def test_active_rules_rebind_when_the_features_change() -> None:

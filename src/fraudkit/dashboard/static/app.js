@@ -149,6 +149,7 @@ async function openVerdict(transactionId) {
   const response = await fetch("/api/verdict?id=" + encodeURIComponent(transactionId), { cache: "no-store" });
   const v = await response.json();
   $("review-status").textContent = response.ok ? "" : v.error;
+  delete $("review-status").dataset.outcome; // the previous review's outcome is not this verdict's
   if (!response.ok) return;
   state.open = v;
   $("review-id").textContent = v.transaction_id;
@@ -180,6 +181,7 @@ async function review(label) {
   if (!state.open) return;
   const status = $("review-status");
   status.textContent = "publishing…";
+  delete status.dataset.outcome;
   try {
     const response = await fetch("/api/review", {
       method: "POST",
