@@ -264,6 +264,12 @@ class AckCommitter(_CommitterBase):
 
     def _commit_sealed(self, block: bool, close_by: float | None = None) -> None:
         if self.sealed is None:
+            # Nothing to commit yet, but verdicts of open batches may be acknowledged already: their
+            # latency ends now, not at the next seal.
+            if self.undelivered:
+                self.producer.poll(0)
+                if len(self.producer) == 0:
+                    self.all_delivered()
             return
         if block or self._overdue():
             if not self.wait_delivered(close_by):

@@ -600,12 +600,15 @@ class SealRecorder(DetectExtension):
     def __init__(self, events: list[tuple[Any, ...]]) -> None:
         self.events = events
         self.dirty: set[str | None] = set()
+        self.latency: LatencyHistogram | None = None
+        self.latency_at_seal: list[int] = []
 
     def on_batch_produce(self, producer: Any, transactions: Any, sources: Any, on_delivery: Any) -> None:
         self.dirty.update(tx.card_id for tx in transactions)
         self.events.append(("batch_produce", len(transactions)))
 
     def on_seal(self, producer: Any, on_delivery: Any) -> None:
+        self.latency_at_seal.append(self.latency.total if self.latency is not None else -1)
         self.events.append(("seal", len(self.dirty)))
         for card_id in sorted(self.dirty, key=str):
             producer.produce("changelog", b"state", card_id, on_delivery=on_delivery)
@@ -627,8 +630,12 @@ def test_state_is_sealed_once_per_interval_before_the_offsets_it_covers_are_comm
         state={"commit_interval_ms": 1000},
     )
     recorder.events = events
+    recorder.latency = loop.latency
     producer.acks_on_poll = True  # acknowledged at once: only the interval holds the commit back
     loop.run()
+    # Each verdict's latency ended at its acknowledgement, before the seal and the commit (all but
+    # the last batch's, acknowledged by the close's own flush).
+    assert recorder.latency_at_seal == [3]
     # The three batches fit in one interval: no seal and no commit until the close, then one seal
     # writing each changed card once, and one commit of everything (FakeConsumer.commit checks
     # the changelog records were acknowledged first).
