@@ -13,7 +13,8 @@ class DetectorLog:
         self.process = process
         self.lines: list[str] = []
         self.seen = {marker: threading.Event() for marker in ("assigned partitions", *markers)}
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -22,6 +23,12 @@ class DetectorLog:
             for marker, event in self.seen.items():
                 if marker in line:
                     event.set()
+
+    def finished(self, timeout_s: float = 10.0) -> list[str]:
+        """Every line, once the process has ended and its stderr is read to the end."""
+        self.process.wait(timeout_s)
+        self.reader.join(timeout_s)
+        return self.lines
 
     def wait_for_partitions(self, timeout_s: float = 90.0) -> bool:
         """True once the detector owns partitions; otherwise kill it, print its last lines and return False."""

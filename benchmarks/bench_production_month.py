@@ -18,9 +18,11 @@ comparison). Meanwhile:
 
 Printed: average precision and recall over the run and per event-day, fleet vs reference; the share
 of fleet verdicts whose score differs from the reference's (transactions with one fleet verdict;
-those with more are the duplicated batches of at-least-once replays, counted apart); restore time
-and restored cards per detector process; then one retraining over the fleet's feature log (the
-worker the trainer runs: Spark join of labels to logged rows, train.fit, champion/challenger)
+those with more are the duplicated batches of at-least-once replays, counted apart); every
+restore of every fleet process, killed ones included (read from the `restored N cards of
+partitions [...] from ... in X s` lines each detector logs on stderr), with the figures of the
+`--json` summary of those that stopped cleanly; then one retraining over the fleet's feature log
+(the worker the trainer runs: Spark join of labels to logged rows, train.fit, champion/challenger)
 and how many of its labels arrived after the last restart for rows logged before it.
 """
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from _detector_log import DetectorLog
 from _engines import local_broker
 from bench_detect import SimulatorFields
 
@@ -59,6 +63,9 @@ DAY_MS = 86_400_000
 LABEL_DELAY_MS = 7 * DAY_MS
 LABEL_LEAD_MS = 12 * 3_600_000
 PHASES = (0.20, 0.35, 0.50, 0.65, 0.80)
+# What fraudkit.state.store logs for each restore (cards of the partitions assigned, and its time).
+RESTORED_CARDS = re.compile(r"restored ([\d,]+) cards of partitions \[([^\]]*)\] from \S+ in ([\d.]+)s")
+RESTORED_LABELS = re.compile(r"restored ([\d,]+) terminal labels from")
 
 
 def make_config(bootstrap: str, workdir: Path, suffix: str) -> FraudkitConfig:
@@ -201,6 +208,25 @@ def detector(config_path: Path, instance_id: str, *args: str) -> subprocess.Pope
     )
 
 
+def restores_in(lines: list[str]) -> list[tuple[int, str, float]]:
+    """(cards, partitions, seconds) of every restore a detector logged."""
+    found = []
+    for line in lines:
+        match = RESTORED_CARDS.search(line)
+        if match:
+            found.append((int(match[1].replace(",", "")), match[2], float(match[3])))
+    return found
+
+
+def terminal_labels_in(lines: list[str]) -> int | None:
+    """Terminal labels the detector restored from the snapshot (None: it logged no snapshot restore)."""
+    for line in lines:
+        match = RESTORED_LABELS.search(line)
+        if match:
+            return int(match[1].replace(",", ""))
+    return None
+
+
 def read_verdicts(config: FraudkitConfig, topic: str, quiet_s: float = 3.0) -> list[dict[str, Any]]:
     reader = kafka.make_reader(config)
     partitions = kafka.list_topics(config)[topic]
@@ -266,25 +292,32 @@ def main() -> None:
         reference_path.write_text(json.dumps(reference.model_dump(mode="json")))
 
         processes: dict[str, subprocess.Popen[str]] = {}
+        logs: dict[str, DetectorLog] = {}  # each process's stderr, read as it comes (killed ones too)
+        killed: list[str] = []
         summaries: dict[str, dict[str, Any]] = {}
         events: list[str] = []
         kill_ms: list[int] = []
 
         def start(name: str, path: Path = fleet_path, *extra: str) -> None:
             processes[name] = detector(path, name, *extra)
+            logs[name] = DetectorLog(processes[name])
             events.append(f"{time.monotonic() - started:6.1f}s start {name}")
 
         def kill(name: str) -> None:
             processes[name].send_signal(signal.SIGKILL)
             processes[name].wait(30)
+            killed.append(name)
             kill_ms.append(int(time.time() * 1000))
             events.append(f"{time.monotonic() - started:6.1f}s kill -9 {name}")
 
         def stop(name: str) -> None:
             process = processes[name]
             process.send_signal(signal.SIGTERM)
-            out, err = process.communicate(timeout=120)
+            process.wait(timeout=120)
+            assert process.stdout is not None
+            out = process.stdout.read()  # the --json summary, printed once at the end
             if process.returncode != 0:
+                err = "\n".join(logs[name].finished())
                 raise SystemExit(f"{name} failed ({process.returncode}): {err[-2000:]}")
             summaries[name] = json.loads(out)
             events.append(f"{time.monotonic() - started:6.1f}s stop {name}")
@@ -376,17 +409,33 @@ def main() -> None:
             ra, rr = figures(labels[mask], ref_scores[mask], threshold)
             print(f"  {day:3d} {int(labels[mask].sum()):6d}   {fa:8.4f}  {ra:12.4f}  {fr:12.3f}  {rr:16.3f}")
 
-        print("restores per fleet process (from its --json summary):")
-        for name, summary in summaries.items():
-            state = summary.get("state") or {}
+        print("restores per fleet process (from its log; its --json summary where it stopped cleanly):")
+        restarts: list[str] = []
+        for name, detector_log in logs.items():
+            if name == "reference":
+                continue
+            lines = detector_log.finished()
+            restores = restores_in(lines)
+            cards = sum(c for c, _, _ in restores)
+            seconds = sum(s for _, _, s in restores)
+            from_snapshot = terminal_labels_in(lines)
+            each = "; ".join(f"[{p}] {c:,} cards in {s:.2f}s" for c, p, s in restores) or "none logged"
+            line = (
+                f"  {name:18s} {'killed with -9' if name in killed else 'stopped'}: {len(restores)} restores, "
+                f"{cards:,} cards in {seconds:.2f}s ({each}); terminal labels from the snapshot: "
+                f"{'none' if from_snapshot is None else f'{from_snapshot:,}'}"
+            )
+            state = (summaries.get(name) or {}).get("state") or {}
             if state:
-                print(
-                    f"  {name:18s} restores {state['restores']}, {state['restored_cards']:,} cards in "
-                    f"{state['restore_s']:.2f}s, {state['replayed_rows']:,} replayed rows kept out of the windows, "
-                    f"{state['terminal_labels_restored']:,} terminal labels from the snapshot; consumed {summary['consumed']:,}"
+                line += (
+                    f"; summary: {state['restored_cards']:,} cards in {state['restore_s']:.2f}s, "
+                    f"{state['replayed_rows']:,} replayed rows kept out of the windows, consumed "
+                    f"{summaries[name]['consumed']:,}"
                 )
-        for name in ("a", "b", "a-restarted"):
-            print(f"  {name:18s} killed with -9 (no summary)")
+            print(line)
+            if "restarted" in name:
+                restarts.append(f"{name} {seconds:.2f}s ({cards:,} cards)")
+        print(f"  restore time of each restarted process ({len(restarts)}): " + ", ".join(restarts))
 
         # Retraining from the fleet's feature log, with labels that arrived after the restarts.
         from fraudkit.retrain.feature_log import FeatureLog

@@ -73,11 +73,12 @@ class TopicsConfig(Section):
     transactions_partitions: int = Field(6, gt=0, le=10_000)
     partitions: int = Field(3, gt=0, le=10_000)
     replication_factor: int = Field(1, gt=0, le=32_767)
-    retention_ms: int = Field(3_600_000, gt=0)
-    # Production sizes (docs/scaling.md): labels are re-read from the last terminal-label snapshot
-    # on, so their retention covers the longest outage tolerated; the card-state changelog keeps a
-    # card as long as its longest window can use it (30 days) plus a margin.
-    labels_retention_ms: int = Field(3 * 86_400_000, gt=0)
+    # Production sizes (docs/scaling.md): every topic is re-read after an outage (transactions from
+    # the committed offsets, labels from the last terminal-label snapshot), so both cover the
+    # longest outage tolerated, a week: as long as the label delay. The card-state changelog keeps
+    # a card as long as its longest window can use it (30 days) plus a margin.
+    retention_ms: int = Field(7 * 86_400_000, gt=0)
+    labels_retention_ms: int = Field(7 * 86_400_000, gt=0)
     changelog_retention_ms: int = Field(35 * 86_400_000, gt=0)
 
     @field_validator("transactions", "legit", "fraud", "verdicts", "labels", "dead_letter", "control")

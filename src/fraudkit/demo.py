@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 DEMO_CUSTOMERS = 2000
 DEMO_TERMINALS = 4000
 DEMO_DAYS = 45
+# As configs/local.yaml: the demo's topics outlive it by an hour (labels: a day).
+DEMO_RETENTION_MS = 3_600_000
+DEMO_LABELS_RETENTION_MS = 86_400_000
 HISTORY_FRACTION = 0.8
 RECENT_FRAUDS = 8
 # The detector "fell behind" when its backlog held more than this many seconds of traffic at once.
@@ -184,8 +187,14 @@ def demo_config(config: FraudkitConfig, workdir: Path, seed: int, rate: float) -
     # The Spark JVMs (first training, each live retraining) write their own output here.
     data["spark"]["log_file"] = str(workdir / "spark.log")
     # One detector on the embedded broker: every fetch there costs partitions x history
-    # (docs/scaling.md), and one process gains nothing from more partitions.
-    data["topics"].update(transactions_partitions=1, partitions=1)
+    # (docs/scaling.md), and one process gains nothing from more partitions. A demo lasts minutes:
+    # its fresh topics need the local profile's retention, not a production week on a shared broker.
+    data["topics"].update(
+        transactions_partitions=1,
+        partitions=1,
+        retention_ms=min(config.topics.retention_ms, DEMO_RETENTION_MS),
+        labels_retention_ms=min(config.topics.labels_retention_ms, DEMO_LABELS_RETENTION_MS),
+    )
     data["train"].update(epochs=min(config.train.epochs, 8), valid_days=7.0)
     # The client waits for the detector to answer everything it sent before the summary.
     data["generate"].update(

@@ -15,11 +15,14 @@ from typer.testing import CliRunner
 from conftest import make_config
 from fraudkit.cli import app
 from fraudkit.config import FraudkitConfig
+from fraudkit.state.store import changelog_topic
 from fraudkit.stream.broker import BrokerManager, free_port, port_in_use, process_start_ticks
 from fraudkit.stream.kafka import (
     OFFSET_BEGINNING,
     DeliveryTracker,
     TopicPartition,
+    all_topic_names,
+    ensure_changelog,
     ensure_topics,
     flush,
     list_topics,
@@ -268,6 +271,82 @@ def test_retention_is_enforced(kafka_bootstrap: str, tmp_path: Path, broker_engi
         assert [m for m in reader.consume(100, 2.0) if m.error() is None] == []
     finally:
         reader.close()
+
+
+def topic_settings(config: FraudkitConfig, topics: list[str]) -> dict[str, dict[str, str]]:
+    """Each topic's effective settings as the broker reports them (DescribeConfigs)."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    admin = make_admin(config)
+    futures = admin.describe_configs(
+        [ConfigResource(ResourceType.TOPIC, t) for t in topics], request_timeout=15
+    )
+    return {
+        resource.name: {name: str(entry.value) for name, entry in future.result(timeout=15).items()}
+        for resource, future in futures.items()
+    }
+
+
+DAY_MS = 86_400_000
+
+
+def test_created_topics_have_the_production_retention_and_a_compacted_changelog(
+    kafka_bootstrap: str, tmp_path: Path, broker_engine: str
+) -> None:
+    requires_kafka(broker_engine)  # DescribeConfigs of topic settings is pinned on Apache Kafka
+    config = make_config(tmp_path, {"kafka.common.bootstrap.servers": kafka_bootstrap})
+    topics = config.topics
+    # The production defaults (docs/scaling.md): a week for what is re-read after an outage, 35
+    # days of card state. make_config overrides names and partitions only.
+    assert (topics.retention_ms, topics.labels_retention_ms) == (7 * DAY_MS, 7 * DAY_MS)
+    assert topics.changelog_retention_ms == 35 * DAY_MS
+    created = ensure_topics(config)
+    assert sorted(created) == sorted(all_topic_names(config))
+    changelog = changelog_topic(config)
+    assert ensure_changelog(config, changelog, topics.transactions_partitions)
+    settings = topic_settings(config, [*created, changelog])
+    retention = {name: int(values["retention.ms"]) for name, values in settings.items()}
+    assert retention == {
+        topics.transactions: 7 * DAY_MS,
+        topics.legit: 7 * DAY_MS,
+        topics.fraud: 7 * DAY_MS,
+        topics.verdicts: 7 * DAY_MS,
+        topics.labels: 7 * DAY_MS,
+        topics.dead_letter: 7 * DAY_MS,
+        topics.control: 7 * DAY_MS,
+        changelog: 35 * DAY_MS,
+    }
+    assert settings[changelog]["cleanup.policy"] == "compact,delete"
+    assert settings[changelog]["min.compaction.lag.ms"] == "0"
+    assert settings[changelog]["segment.ms"] == str(DAY_MS)  # closed segments can be compacted daily
+    assert {settings[name]["cleanup.policy"] for name in created} == {"delete"}
+    assert list_topics(config)[changelog] == topics.transactions_partitions  # co-partitioned
+
+
+def test_topics_take_their_retention_from_the_config(
+    kafka_bootstrap: str, tmp_path: Path, broker_engine: str
+) -> None:
+    requires_kafka(broker_engine)
+    values = {"topics.retention_ms": 3_600_000, "topics.labels_retention_ms": DAY_MS}
+    config = make_config(
+        tmp_path,
+        {
+            "kafka.common.bootstrap.servers": kafka_bootstrap,
+            **values,
+            "topics.changelog_retention_ms": 7 * DAY_MS,
+        },
+    )
+    topics = config.topics
+    ensure_topics(config, [topics.transactions, topics.labels])
+    changelog = changelog_topic(config)
+    ensure_changelog(config, changelog, topics.transactions_partitions)
+    settings = topic_settings(config, [topics.transactions, topics.labels, changelog])
+    assert {name: int(s["retention.ms"]) for name, s in settings.items()} == {
+        topics.transactions: 3_600_000,
+        topics.labels: DAY_MS,
+        changelog: 7 * DAY_MS,
+    }
+    assert settings[changelog]["cleanup.policy"] == "compact,delete"
 
 
 # Measured on Apache Kafka 4.1.1 under load (2 cores): the first member owned its partitions in

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -25,7 +26,7 @@ from fraudkit.detect import DetectSummary, run_detect
 from fraudkit.features import FeatureSpec
 from fraudkit.model.network import Normalisation
 from fraudkit.model.registry import Registry
-from fraudkit.schema import Transaction, encode
+from fraudkit.schema import Label, Transaction, encode
 from fraudkit.state.store import changelog_topic
 from fraudkit.stream import kafka
 
@@ -273,3 +274,190 @@ def test_a_partition_moved_to_a_second_detector_keeps_its_cards_features(
         assert_scores_equal(by_detector[name], reference, duplicated) for name in ("first", "second")
     )
     assert compared >= TOTAL - len(duplicated)
+
+
+# -- terminal labels outlive the labels topic's retention --------------------------------------
+
+DAY_MS = 86_400_000
+OLD_LABELS = 1500
+NEW_LABELS = 200
+SCORED = 1000
+
+
+def publish_terminal_model(config: FraudkitConfig) -> str:
+    """A model whose score moves with every terminal window (fraud rates and counts): lost labels change it."""
+    spec = FeatureSpec.from_config(FeaturesConfig(), SimulatorFields())
+    assert spec.use_terminal
+    width = len(spec.names)
+    weights = np.zeros((1, width), dtype=np.float32)
+    for days in (1, 7, 30):
+        weights[0, spec.names.index(f"terminal_fraud_rate_{days}d")] = 3.0
+        weights[0, spec.names.index(f"terminal_count_{days}d")] = 0.01
+    state = {
+        "hidden.0.weight": weights,
+        "hidden.0.bias": np.full(1, 4.0, dtype=np.float32),  # keeps the ReLU unit in its linear part
+        "output.weight": np.ones((1, 1), dtype=np.float32),
+        "output.bias": np.array([-5.0], dtype=np.float32),
+    }
+    return Registry(config.registry.path).publish(
+        state,
+        feature_names=spec.names,
+        hidden_sizes=[1],
+        normalisation=Normalisation(np.zeros(width), np.ones(width)),
+        threshold=0.5,
+        feature_spec=spec.to_dict(),
+    )
+
+
+def terminal_label(index: int, new: bool) -> Label:
+    """Old labels: event days 0 to 8, a fraud rate per terminal; new ones (after the loss): days 1 to 4."""
+    terminal = index % 13
+    if new:
+        event_time, fraud = START_MS + DAY_MS + index * 1_200_000, index % 3 == 0
+    else:
+        event_time, fraud = START_MS + index * 480_000, (index // 13) % (2 + terminal % 5) == 0
+    return Label(
+        transaction_id=f"{'new' if new else 'old'}-{index:05d}",
+        event_time_ms=event_time,
+        label=int(fraud),
+        terminal_id=f"term-{terminal:03d}",
+    )
+
+
+def terminal_transaction(index: int) -> Transaction:
+    # From event day 7 on, a row every 6 minutes: with the 7-day label delay, days 0 to 4 of labels count.
+    return Transaction(
+        transaction_id=f"tx-{index:06d}",
+        event_time_ms=START_MS + 7 * DAY_MS + index * 360_000,
+        card_id=f"card-{index % 23:03d}",
+        amount=float((index * 37) % 400) + 0.25,
+        terminal_id=f"term-{(index * 7) % 13:03d}",
+        country="DE",
+        lat=48.1,
+        lon=11.6,
+    )
+
+
+def produce_all(config: FraudkitConfig, topic: str, records: list[Any], key: str) -> None:
+    producer = kafka.make_producer(config)
+    for record in records:
+        kafka.produce(producer, topic, encode(record), key=getattr(record, key))
+    kafka.flush(producer)
+
+
+def set_retention(config: FraudkitConfig, topic: str, retention_ms: int) -> None:
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    entry = ConfigEntry("retention.ms", str(retention_ms), incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
+    admin = kafka.make_admin(config)
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=15)
+
+
+def wait_until_deleted(
+    config: FraudkitConfig, topic: str, records: int, timeout_s: float = 90
+) -> list[tuple[int, int]]:
+    """Until the broker has deleted every record of the topic (low == high watermark everywhere)."""
+    reader = kafka.make_reader(config)
+    partitions = [kafka.TopicPartition(topic, p) for p in range(kafka.list_topics(config)[topic])]
+    marks: list[tuple[int, int]] = []
+    try:
+        # Apache Kafka checks retention every 2 s here (stream/broker.py), first 30 s after its start.
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            marks = [reader.get_watermark_offsets(tp, timeout=10, cached=False) for tp in partitions]
+            if sum(high for _, high in marks) == records and all(low == high for low, high in marks):
+                break
+            time.sleep(0.5)
+    finally:
+        reader.close()
+    return marks
+
+
+def with_updates(config: FraudkitConfig, **sections: dict[str, Any]) -> FraudkitConfig:
+    return config.model_copy(
+        update={name: getattr(config, name).model_copy(update=values) for name, values in sections.items()}
+    )
+
+
+def test_terminal_labels_survive_the_labels_topics_retention(
+    kafka_config: FraudkitConfig, tmp_path: Path
+) -> None:
+    """A detector restarted after the broker deleted every label it had read scores as one that never lost them.
+
+    The labels' retention is shortened only after the first detector has read them and written its
+    snapshot at stop (a short retention from the start would race that read).
+    """
+    config = with_updates(kafka_config, state={"snapshot_url": str(tmp_path / "state")})
+    publish_terminal_model(config)
+    kafka.ensure_topics(config)
+    # The reference reads the same labels from a copy the broker keeps.
+    reference = with_updates(
+        config,
+        detect={"group_id": config.detect.group_id + "-reference"},
+        topics={"verdicts": config.topics.verdicts + ".reference", "labels": config.topics.labels + ".kept"},
+        state={"enabled": False},
+    )
+    kafka.ensure_topics(reference, [reference.topics.verdicts, reference.topics.labels])
+    old = [terminal_label(i, new=False) for i in range(OLD_LABELS)]
+    assert 0 < sum(label.label for label in old) < OLD_LABELS
+    for labels_config in (config, reference):
+        produce_all(labels_config, labels_config.topics.labels, old, "terminal_id")
+    first_half = [terminal_transaction(i) for i in range(SCORED // 2)]
+    produce_all(config, config.topics.transactions, first_half, "card_id")
+
+    before = run_detect(config, until_idle_s=3, instance_id="before")
+    assert before.consumed == SCORED // 2 and before.labels == OLD_LABELS
+    assert before.state["snapshots_written"] >= 1 and before.state["terminal_labels_restored"] == 0
+
+    set_retention(config, config.topics.labels, 1000)
+    marks = wait_until_deleted(config, config.topics.labels, OLD_LABELS)
+    assert sum(high for _, high in marks) == OLD_LABELS
+    assert all(low == high for low, high in marks), f"labels still on the broker: {marks}"
+    assert all(low > 0 for low, _ in marks), marks  # every partition lost labels
+    set_retention(config, config.topics.labels, 7 * DAY_MS)
+    # Labels newer than the snapshot are still on the topic: the restart must resume exactly there.
+    new = [terminal_label(i, new=True) for i in range(NEW_LABELS)]
+    for labels_config in (config, reference):
+        produce_all(labels_config, labels_config.topics.labels, new, "terminal_id")
+    second_half = [terminal_transaction(i) for i in range(SCORED // 2, SCORED)]
+    produce_all(config, config.topics.transactions, second_half, "card_id")
+
+    logged: list[str] = []
+    restarted = run_detect(config, until_idle_s=3, instance_id="after", on_log=logged.append)
+    assert restarted.state["terminal_labels_restored"] == OLD_LABELS, restarted.state
+    assert any(f"restored {OLD_LABELS:,} terminal labels from" in line for line in logged), logged
+    assert restarted.labels == NEW_LABELS  # resumed at the snapshot's offsets: none twice, none missed
+    assert restarted.consumed == SCORED // 2
+    after = scores_by_detector(config)["after"]
+    assert set(after) == {tx.transaction_id for tx in second_half}
+    assert max(len(scores) for scores in after.values()) == 1
+
+    # The reference never lost a label; a cold detector (no snapshot: it re-reads what the topic
+    # still holds) shows that the comparison depends on the lost ones. Both score the whole stream.
+    cold = with_updates(
+        config,
+        detect={"group_id": config.detect.group_id + "-cold"},
+        topics={"verdicts": config.topics.verdicts + ".cold"},
+        state={"enabled": False},
+    )
+    kafka.ensure_topics(cold, [cold.topics.verdicts])
+    summaries: dict[str, DetectSummary] = {}
+
+    def run(name: str, settings: FraudkitConfig) -> None:
+        summaries[name] = run_detect(settings, until_idle_s=3, instance_id=name)
+
+    runs = [threading.Thread(target=run, args=item) for item in (("reference", reference), ("cold", cold))]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join(120)
+    assert summaries["reference"].consumed == SCORED == summaries["cold"].consumed
+    assert summaries["reference"].labels == OLD_LABELS + NEW_LABELS
+    assert summaries["cold"].labels == NEW_LABELS
+    expected = scores_by_detector(reference)["reference"]
+    assert assert_scores_equal(after, {t: s[0] for t, s in expected.items()}, set()) == SCORED // 2
+    cold_scores = scores_by_detector(cold)["cold"]
+    differing = sum(1 for t in after if abs(cold_scores[t][0] - expected[t][0]) > 1e-6)
+    assert differing > 0.9 * len(after), f"only {differing} of {len(after)} scores need the lost labels"

@@ -78,9 +78,17 @@ LOG_SPEC = {"names": ["index", "double"], "version": 1}
 DAY_MS = 86_400_000
 
 
-def test_rows_and_labels_are_logged_by_event_day_and_shared_by_detectors(tmp_path: Path) -> None:
-    first = FeatureLog(str(tmp_path), LOG_SPEC, "host-1", flush_batches=2, flush_s=60)
-    second = FeatureLog(str(tmp_path), LOG_SPEC, "host/2", flush_batches=2, flush_s=60)
+@pytest.fixture(params=["directory", "file-url"])
+def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """retrain.feature_log_url as a plain directory and as a file:// URL of the same directory."""
+    return str(tmp_path) if request.param == "directory" else tmp_path.as_uri()
+
+
+def test_rows_and_labels_are_logged_by_event_day_and_shared_by_detectors(
+    log_url: str, tmp_path: Path
+) -> None:
+    first = FeatureLog(log_url, LOG_SPEC, "host-1", flush_batches=2, flush_s=60)
+    second = FeatureLog(log_url, LOG_SPEC, "host/2", flush_batches=2, flush_s=60)
     rows = transactions(0, 10)
     late = [
         Transaction(transaction_id="tx-late", event_time_ms=START_MS + DAY_MS + 5, card_id="c", amount=1.0)
@@ -107,10 +115,14 @@ def test_rows_and_labels_are_logged_by_event_day_and_shared_by_detectors(tmp_pat
     labels = pd.read_parquet(label_files[0].path)
     assert labels["label"].tolist() == [1, 0] and labels["labelled_ms"].tolist()[0] == 999
     assert first.take() == (None, None)
+    # A file:// URL names the same directory: the files are where a plain path would put them.
+    on_disk = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*.parquet"))
+    assert on_disk == sorted(str(Path(f.path).relative_to(tmp_path)) for f in [*row_files, *label_files])
+    assert on_disk[0].startswith("labels/day=2026-01-01/") and len(on_disk) == 3
 
 
-def test_days_older_than_the_horizon_leave_the_log(tmp_path: Path) -> None:
-    log = FeatureLog(str(tmp_path), LOG_SPEC, "d", flush_batches=1, horizon_days=2)
+def test_days_older_than_the_horizon_leave_the_log(log_url: str, tmp_path: Path) -> None:
+    log = FeatureLog(log_url, LOG_SPEC, "d", flush_batches=1, horizon_days=2)
     for day in range(5):
         rows = [
             Transaction(
@@ -123,6 +135,11 @@ def test_days_older_than_the_horizon_leave_the_log(tmp_path: Path) -> None:
     assert [f.day for f in log.files("rows")] == ["2026-01-03", "2026-01-04", "2026-01-05"]
     assert [f.day for f in log.files("labels")] == ["2026-01-03", "2026-01-04", "2026-01-05"]
     assert log.days_deleted == 4
+    assert sorted(path.name for path in (tmp_path / "labels").iterdir()) == [
+        "day=2026-01-03",
+        "day=2026-01-04",
+        "day=2026-01-05",
+    ]
 
 
 def test_the_log_is_flushed_after_its_interval(tmp_path: Path) -> None:
@@ -139,8 +156,8 @@ def test_the_log_refuses_feature_names_that_clash_with_its_columns(tmp_path: Pat
 
 
 @pytest.mark.spark
-def test_the_spark_join_takes_late_labels_from_any_detector_once(tmp_path: Path, spark: Any) -> None:
-    scorer = FeatureLog(str(tmp_path), LOG_SPEC, "scorer")
+def test_the_spark_join_takes_late_labels_from_any_detector_once(log_url: str, spark: Any) -> None:
+    scorer = FeatureLog(log_url, LOG_SPEC, "scorer")
     rows = transactions(0, 6)
     scorer.add_rows(rows, features_of(rows), np.zeros(6), "v1", 100)
     # tx-00002 re-scored after an at-least-once replay: its newer row counts.
@@ -148,12 +165,14 @@ def test_the_spark_join_takes_late_labels_from_any_detector_once(tmp_path: Path,
     scorer.add_rows(replay, features_of(replay) + 0.5, np.zeros(1), "v1", 200)
     scorer.write(*scorer.take())
     for detector in ("a", "b"):  # every detector logs every label
-        other = FeatureLog(str(tmp_path), LOG_SPEC, detector)
+        other = FeatureLog(log_url, LOG_SPEC, detector)
         other.add_labels([label(i, i % 2, labelled_ms=START_MS + 7 * DAY_MS) for i in (1, 2, 3, 9)])
         other.write(*other.take())
-    table = read_window(
-        spark, scorer.spark_path("rows"), scorer.spark_path("labels"), ["index", "double"], 10
-    )
+    rows_path, labels_path = scorer.spark_path("rows"), scorer.spark_path("labels")
+    # Spark is handed the URL's scheme (file:///...) or the plain path, as it was configured.
+    assert rows_path.startswith("file:///") == log_url.startswith("file://")
+    assert labels_path.startswith("file:///") == log_url.startswith("file://")
+    table = read_window(spark, rows_path, labels_path, ["index", "double"], 10)
     assert table["transaction_id"].tolist() == [
         "tx-00001",
         "tx-00002",
