@@ -420,8 +420,15 @@ def main() -> None:
             seconds = sum(s for _, _, s in restores)
             from_snapshot = terminal_labels_in(lines)
             each = "; ".join(f"[{p}] {c:,} cards in {s:.2f}s" for c, p, s in restores) or "none logged"
+            if name in killed:
+                end = "killed with -9"
+            elif name in summaries:
+                end = "stopped"
+            else:  # it ended before the script stopped it: say how
+                errors = [text for text in lines if text.startswith("error:")] or lines[-1:]
+                end = f"exited by itself with code {processes[name].returncode} ({' '.join(errors)[-300:]})"
             line = (
-                f"  {name:18s} {'killed with -9' if name in killed else 'stopped'}: {len(restores)} restores, "
+                f"  {name:18s} {end}: {len(restores)} restores, "
                 f"{cards:,} cards in {seconds:.2f}s ({each}); terminal labels from the snapshot: "
                 f"{'none' if from_snapshot is None else f'{from_snapshot:,}'}"
             )
