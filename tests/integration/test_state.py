@@ -169,10 +169,14 @@ def kill_mid_stream(config: FraudkitConfig, config_path: Path, args: tuple[str, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("commit_interval_ms", [0.0, 250.0])
 def test_kill_9_and_restart_scores_equal_an_uninterrupted_detector(
-    state_config: FraudkitConfig, tmp_path: Path
+    state_config: FraudkitConfig, tmp_path: Path, commit_interval_ms: float
 ) -> None:
-    config = state_config
+    # 0: each batch's changed cards are written with it (the default); 250: once per interval.
+    config = state_config.model_copy(
+        update={"state": state_config.state.model_copy(update={"commit_interval_ms": commit_interval_ms})}
+    )
     config_path = write_config_file(config, tmp_path / "config.yaml")
     kill_mid_stream(config, config_path, ("--batch-size", "100", "--instance-id", "victim"))
     restarted = detector_process(config_path, "--until-idle", "3", "--instance-id", "survivor")
@@ -192,6 +196,8 @@ def test_kill_9_and_restart_scores_equal_an_uninterrupted_detector(
     # windows (scored against a state that holds them: duplicates); the rows after the last seal
     # are new to the restored state and must score exactly like the reference.
     assert 0 <= state["replayed_rows"] <= len(replayed)
+    if config.state.commit_interval_ms == 0:
+        assert state["replayed_rows"] == len(replayed)  # every batch's state went out with it
     reference = reference_scores(config)
     compared = assert_scores_equal(survivor, reference, replayed)
     assert compared >= 1000
