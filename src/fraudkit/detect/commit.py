@@ -288,11 +288,12 @@ class AckCommitter(_CommitterBase):
         topic = self.settings.topics.transactions
         partitions = [self.kafka.TopicPartition(topic, p, o) for p, o in offsets.items()]
         try:
-            if block:
-                wait_s = self.settings.delivery_timeout_s if close_by is None else close_by - time.monotonic()
-                self.kafka.commit_within(self.consumer, partitions, wait_s)
-            else:
-                self.consumer.commit(offsets=partitions, asynchronous=True)
+            # Asynchronous even when blocking (at a revoke and at the close): the outputs are
+            # acknowledged already, which is what the commit must wait for. librdkafka holds a new
+            # assignment until outstanding commits are answered, and the consumer's close waits for
+            # them; a synchronous commit there instead could wait on the group (under KIP-848, while
+            # a rebalance was pending) until kafka.close_timeout_s: measured in bench_production_month.
+            self.consumer.commit(offsets=partitions, asynchronous=True)
         except self.kafka.KafkaException as exc:
             # A commit refused because of a rebalance only means re-processing (at-least-once).
             self.note(f"offset commit failed ({exc.args[0].str()}); those transactions may be scored again")

@@ -530,10 +530,10 @@ def test_offsets_are_committed_only_after_the_batch_outputs_are_delivered(
     summary = loop.run()
 
     assert (summary.consumed, summary.verdicts, summary.fraud, summary.dead_letters) == (6, 5, 1, 1)
-    # Nothing is acknowledged before the end (acks only on flush): one final, blocking commit
-    # of everything; FakeConsumer.commit checks nothing is outstanding at that moment.
+    # Nothing is acknowledged before the end (acks only on flush): one final commit, after the wait
+    # for every acknowledgement; FakeConsumer.commit checks nothing is outstanding at that moment.
     commits = [e for e in events if e[0] == "commit"]
-    assert commits == [("commit", {0: 4, 1: 2}, False)]
+    assert commits == [("commit", {0: 4, 1: 2}, True)]
     topics = [p[0] for p in producer.produced]
     assert topics.count(loop.topics.verdicts) == 5 and topics.count(loop.topics.fraud) == 1
     letter = next(p for p in producer.produced if p[0] == loop.topics.dead_letter)
@@ -557,7 +557,7 @@ def test_acknowledged_batches_are_committed_without_waiting(
     commits = [e for e in events if e[0] == "commit"]
     # Before batch 2 and 3 are produced, the earlier ones are committed asynchronously (no flush).
     assert commits[:2] == [("commit", {0: 1, 1: 1}, True), ("commit", {0: 2}, True)]
-    assert commits[-1] == ("commit", {1: 2}, False)
+    assert commits[-1] == ("commit", {1: 2}, True)
     first_commit = events.index(commits[0])
     assert ("flush", 2) not in events[:first_commit]
     # Every verdict's end-to-end latency was taken once its acknowledgement was seen.
@@ -589,7 +589,7 @@ def test_revocation_commits_the_batch_in_flight_first(
     consumer.before_batch[1] = revoke
     loop.run()
     revoked = events.index(("revoke",))
-    assert events[revoked + 1 : revoked + 3] == [("flush", 2), ("commit", {0: 1}, False)]
+    assert events[revoked + 1 : revoked + 3] == [("flush", 2), ("commit", {0: 1}, True)]
     assert events.index(("produce", loop.topics.verdicts), revoked) > revoked + 2
     assert loop.assigned == {1}
 
@@ -642,7 +642,7 @@ def test_state_is_sealed_once_per_interval_before_the_offsets_it_covers_are_comm
     seals = [e for e in events if e[0] == "seal"]
     commits = [e for e in events if e[0] == "commit"]
     cards = {orjson.loads(m.value())["card_id"] for b in batches for m in b}
-    assert seals == [("seal", len(cards))] and commits == [("commit", {0: 2, 1: 2}, False)]
+    assert seals == [("seal", len(cards))] and commits == [("commit", {0: 2, 1: 2}, True)]
     assert events.index(seals[0]) > max(i for i, e in enumerate(events) if e[0] == "batch_produce")
     assert events.index(commits[0]) > events.index(seals[0])
     assert [p[0] for p in producer.produced].count("changelog") == len(cards) < 4

@@ -203,7 +203,7 @@ def test_an_oversized_message_is_dead_lettered_as_an_excerpt_and_committed(
     if exactly_once:
         assert ("send_offsets", {0: 2, 1: 6}, "group-metadata") in events
     else:
-        assert [e for e in events if e[0] == "commit"][-1] == ("commit", {0: 2, 1: 6}, False)
+        assert [e for e in events if e[0] == "commit"][-1] == ("commit", {0: 2, 1: 6}, True)
 
 
 def test_outputs_the_broker_refuses_as_too_large_are_dead_lettered_at_least_once(
@@ -223,7 +223,7 @@ def test_outputs_the_broker_refuses_as_too_large_are_dead_lettered_at_least_once
     assert (headers["source_partition"], headers["source_offset"]) == ("1", "1")
     assert letter[1] == long_field[:DEAD_LETTER_EXCERPT_BYTES]
     # Committed past it, after the dead letter was delivered (FakeConsumer.commit checks that).
-    assert [e for e in events if e[0] == "commit"][-1] == ("commit", {0: 2, 1: 2}, False)
+    assert [e for e in events if e[0] == "commit"][-1] == ("commit", {0: 2, 1: 2}, True)
 
 
 def test_outputs_the_broker_refuses_as_too_large_are_dead_lettered_exactly_once(
