@@ -1,6 +1,7 @@
 """The cost of durable state on the hot path, and how fast a partition's cards are restored.
 
 Run: .venv/bin/python benchmarks/bench_state.py [--transactions 200000] [--customers 5000] [--rounds 2]
+     [--commit-interval-ms 250]
 
 One fresh local Apache Kafka. --transactions simulated transactions are pre-loaded into a
 6-partition topic; the same MLP as bench_detect ([64, 32], full simulator feature spec) scores
@@ -75,12 +76,19 @@ def main() -> None:
     parser.add_argument("--transactions", type=int, default=200_000)
     parser.add_argument("--customers", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--commit-interval-ms",
+        type=float,
+        default=None,
+        help="state.commit_interval_ms of the 'on' rounds (default: the config default, per batch)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fraudkit-bench-state-") as work, local_broker("kafka") as handle:
         workdir = Path(work)
-        config = bench_config(
-            handle.bootstrap_servers, workdir, **{"state.snapshot_url": str(workdir / "state")}
-        )
+        overrides: dict[str, Any] = {"state.snapshot_url": str(workdir / "state")}
+        if args.commit_interval_ms is not None:
+            overrides["state.commit_interval_ms"] = args.commit_interval_ms
+        config = bench_config(handle.bootstrap_servers, workdir, **overrides)
         print(
             f"simulating {args.transactions:,} transactions of {args.customers:,} customers ...", flush=True
         )

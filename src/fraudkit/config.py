@@ -293,10 +293,9 @@ class StateConfig(Section):
     restore_timeout_s: float = Field(300.0, gt=0, le=MAX_WAIT_S)
     # At-least-once: changed cards are written to the changelog, and the offsets they cover
     # committed, at most this often (each card once per interval, as Kafka Streams' record cache
-    # with commit.interval.ms); 0 (the default) writes with every batch. Exactly-once writes inside
-    # each batch's transaction. At most 1 s: the committer waits for acknowledgements beyond that.
-    # Not the default yet: see docs/scaling.md (a synchronous commit at a rebalance or stop hung).
-    commit_interval_ms: float = Field(0.0, ge=0, le=1000)
+    # with commit.interval.ms); 0 writes with every batch. Exactly-once writes inside each batch's
+    # transaction. At most 1 s: the committer waits for acknowledgements beyond that anyway.
+    commit_interval_ms: float = Field(250.0, ge=0, le=1000)
     snapshot_url: str = ".fraudkit/state"
     snapshot_interval_s: float = Field(300.0, gt=0, le=MAX_DURATION_S)
 
