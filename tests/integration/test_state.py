@@ -36,23 +36,16 @@ START_MS = 1_767_225_600_000
 TOTAL = 3600
 
 
-def publish_card_model(config: FraudkitConfig) -> str:
-    """A model whose score moves with every card window (counts and means): lost state changes it."""
+def publish_one_unit(config: FraudkitConfig, weights: dict[str, float]) -> str:
+    """Publish a one-unit model that scores a weighted sum of the named features."""
     spec = FeatureSpec.from_config(FeaturesConfig(), SimulatorFields())
+    assert set(weights) <= set(spec.names), sorted(set(weights) - set(spec.names))
     width = len(spec.names)
-    weights = np.zeros((1, width), dtype=np.float32)
-    for name, weight in {
-        "card_count_1h": 0.3,
-        "card_count_24h": 0.05,
-        "card_count_168h": 0.01,
-        "card_mean_amount_24h": 0.002,
-        "card_mean_amount_720h": -0.001,
-        "card_log_seconds_since_prev": -0.05,
-        "card_new_terminal": 0.4,
-    }.items():
-        weights[0, spec.names.index(name)] = weight
+    layer = np.zeros((1, width), dtype=np.float32)
+    for name, weight in weights.items():
+        layer[0, spec.names.index(name)] = weight
     state = {
-        "hidden.0.weight": weights,
+        "hidden.0.weight": layer,
         "hidden.0.bias": np.full(1, 4.0, dtype=np.float32),  # keeps the ReLU unit in its linear part
         "output.weight": np.ones((1, 1), dtype=np.float32),
         "output.bias": np.array([-5.0], dtype=np.float32),
@@ -65,6 +58,18 @@ def publish_card_model(config: FraudkitConfig) -> str:
         threshold=0.5,
         feature_spec=spec.to_dict(),
     )
+
+
+# The score moves with every card window (counts and means): lost card state changes it.
+CARD_WEIGHTS = {
+    "card_count_1h": 0.3,
+    "card_count_24h": 0.05,
+    "card_count_168h": 0.01,
+    "card_mean_amount_24h": 0.002,
+    "card_mean_amount_720h": -0.001,
+    "card_log_seconds_since_prev": -0.05,
+    "card_new_terminal": 0.4,
+}
 
 
 def card_transaction(index: int) -> Transaction:
@@ -89,7 +94,7 @@ def state_config(kafka_config: FraudkitConfig, tmp_path: Path) -> FraudkitConfig
     config = kafka_config.model_copy(
         update={"state": kafka_config.state.model_copy(update={"snapshot_url": str(tmp_path / "state")})}
     )
-    publish_card_model(config)
+    publish_one_unit(config, CARD_WEIGHTS)
     kafka.ensure_topics(config)
     return config
 
@@ -290,29 +295,11 @@ NEW_LABELS = 200
 SCORED = 1000
 
 
-def publish_terminal_model(config: FraudkitConfig) -> str:
-    """A model whose score moves with every terminal window (fraud rates and counts): lost labels change it."""
-    spec = FeatureSpec.from_config(FeaturesConfig(), SimulatorFields())
-    assert spec.use_terminal
-    width = len(spec.names)
-    weights = np.zeros((1, width), dtype=np.float32)
-    for days in (1, 7, 30):
-        weights[0, spec.names.index(f"terminal_fraud_rate_{days}d")] = 3.0
-        weights[0, spec.names.index(f"terminal_count_{days}d")] = 0.01
-    state = {
-        "hidden.0.weight": weights,
-        "hidden.0.bias": np.full(1, 4.0, dtype=np.float32),  # keeps the ReLU unit in its linear part
-        "output.weight": np.ones((1, 1), dtype=np.float32),
-        "output.bias": np.array([-5.0], dtype=np.float32),
-    }
-    return Registry(config.registry.path).publish(
-        state,
-        feature_names=spec.names,
-        hidden_sizes=[1],
-        normalisation=Normalisation(np.zeros(width), np.ones(width)),
-        threshold=0.5,
-        feature_spec=spec.to_dict(),
-    )
+# The score moves with every terminal window (fraud rates and counts): lost labels change it.
+TERMINAL_WEIGHTS = {
+    **{f"terminal_fraud_rate_{days}d": 3.0 for days in (1, 7, 30)},
+    **{f"terminal_count_{days}d": 0.01 for days in (1, 7, 30)},
+}
 
 
 def terminal_label(index: int, new: bool) -> Label:
@@ -396,7 +383,7 @@ def test_terminal_labels_survive_the_labels_topics_retention(
     snapshot at stop (a short retention from the start would race that read).
     """
     config = with_updates(kafka_config, state={"snapshot_url": str(tmp_path / "state")})
-    publish_terminal_model(config)
+    publish_one_unit(config, TERMINAL_WEIGHTS)
     kafka.ensure_topics(config)
     # The reference reads the same labels from a copy the broker keeps.
     reference = with_updates(
