@@ -615,11 +615,11 @@ class SealRecorder(DetectExtension):
         self.dirty = set()
 
 
-def test_state_is_sealed_once_per_interval_before_the_offsets_it_covers_are_committed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    events: list[tuple[Any, ...]] = []
-    recorder = SealRecorder(events)
+def run_with_seals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commit_interval_ms: int
+) -> tuple[SealRecorder, list[list[FakeMessage]], FakeProducer, list[tuple[Any, ...]]]:
+    """Run three batches (four rows, acknowledged at once) through a loop with a SealRecorder."""
+    recorder = SealRecorder([])
     batches = [batch([(0, 0), (1, 0)]), batch([(0, 1)]), batch([(1, 1)])]
     loop, _, producer, events = scripted_loop(
         tmp_path,
@@ -627,12 +627,19 @@ def test_state_is_sealed_once_per_interval_before_the_offsets_it_covers_are_comm
         batches,
         max_transactions=4,
         extensions=[recorder],
-        state={"commit_interval_ms": 1000},
+        state={"commit_interval_ms": commit_interval_ms},
     )
     recorder.events = events
     recorder.latency = loop.latency
     producer.acks_on_poll = True  # acknowledged at once: only the interval holds the commit back
     loop.run()
+    return recorder, batches, producer, events
+
+
+def test_state_is_sealed_once_per_interval_before_the_offsets_it_covers_are_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder, batches, producer, events = run_with_seals(tmp_path, monkeypatch, commit_interval_ms=1000)
     # Each verdict's latency ended at its acknowledgement, before the seal and the commit (all but
     # the last batch's, acknowledged by the close's own flush).
     assert recorder.latency_at_seal == [3]
@@ -651,19 +658,7 @@ def test_state_is_sealed_once_per_interval_before_the_offsets_it_covers_are_comm
 def test_without_an_interval_every_batch_is_sealed_before_its_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    recorder = SealRecorder([])
-    batches = [batch([(0, 0), (1, 0)]), batch([(0, 1)]), batch([(1, 1)])]
-    loop, _, producer, events = scripted_loop(
-        tmp_path,
-        monkeypatch,
-        batches,
-        max_transactions=4,
-        extensions=[recorder],
-        state={"commit_interval_ms": 0},
-    )
-    recorder.events = events
-    producer.acks_on_poll = True
-    loop.run()
+    _, batches, _, events = run_with_seals(tmp_path, monkeypatch, commit_interval_ms=0)
     kinds = [e[0] for e in events if e[0] in ("batch_produce", "seal", "commit")]
     # Each batch's state is sealed right after it is routed, and committed before the next is produced.
     assert kinds == [
