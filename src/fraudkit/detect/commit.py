@@ -122,6 +122,11 @@ class _Span:
         self.offsets.update(batch.offsets)
         self.batches.append(batch)
 
+    def merge(self, later: _Span) -> None:
+        """Take in a span produced after this one (its offsets are the later ones; `since` stays)."""
+        self.offsets.update(later.offsets)
+        self.batches.extend(later.batches)
+
 
 class AckCommitter(_CommitterBase):
     """At-least-once: commit offsets after the outputs' acknowledgements, without blocking the loop.
@@ -197,14 +202,14 @@ class AckCommitter(_CommitterBase):
         if self.sealed is None:
             self.sealed = span
         else:
-            self.sealed.offsets.update(span.offsets)
-            self.sealed.batches.extend(span.batches)
+            self.sealed.merge(span)
 
     def _overdue(self) -> bool:
         oldest = self.sealed or self.open
         if oldest is None:
             return False
-        batches = len(self.unsettled)
+        sealed = len(self.sealed.batches) if self.sealed else 0
+        batches = sealed + (len(self.open.batches) if self.open else 0)
         return batches >= MAX_UNSETTLED_BATCHES or time.monotonic() - oldest.since >= MAX_UNSETTLED_S
 
     def all_delivered(self) -> None:

@@ -21,6 +21,7 @@ from fraudkit.detect import (
     DetectSettings,
     DetectSummary,
     ModelHolder,
+    commit,
 )
 from fraudkit.detect.codec import decode_batch, decode_one, encode_verdicts
 from fraudkit.detect.loop import DetectClients, DetectLoop
@@ -562,6 +563,20 @@ def test_acknowledged_batches_are_committed_without_waiting(
     assert ("flush", 2) not in events[:first_commit]
     # Every verdict's end-to-end latency was taken once its acknowledgement was seen.
     assert loop.latency.total == 4 and loop.committer.undelivered == []  # type: ignore[attr-defined]
+
+
+def test_unacknowledged_batches_past_the_bound_are_waited_for_and_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commit, "MAX_UNSETTLED_BATCHES", 3)
+    monkeypatch.setattr(commit, "MAX_UNSETTLED_S", 3600.0)  # only the batch count bounds here
+    batches = [batch([(0, offset)]) for offset in range(7)]
+    loop, _, _, events = scripted_loop(tmp_path, monkeypatch, batches, max_transactions=7)
+    loop.run()
+    # Acknowledgements come only with a flush: every third batch makes the next one wait for them.
+    commits = [e for e in events if e[0] == "commit"]
+    assert commits == [("commit", {0: 3}, True), ("commit", {0: 6}, True), ("commit", {0: 7}, True)]
+    assert events.index(("flush", 6)) < events.index(commits[0])
 
 
 def test_a_failed_delivery_stops_the_loop_without_committing(
