@@ -1,4 +1,4 @@
-"""Shared fixtures: one embedded broker and one local Spark session for the whole test run."""
+"""Shared fixtures: one local broker (Apache Kafka, or Tansu) and one local Spark session per test run."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def config(tmp_path: Path) -> FraudkitConfig:
 
 @pytest.fixture
 def kafka_config(kafka_bootstrap: str, tmp_path: Path) -> FraudkitConfig:
-    """An isolated config pointing at the session's embedded broker, with fresh topics."""
+    """An isolated config pointing at the session's broker, with fresh topics."""
     return make_config(tmp_path, {"kafka.common.bootstrap.servers": kafka_bootstrap})
 
 

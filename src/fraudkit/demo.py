@@ -126,7 +126,7 @@ def demo_problems(sent: int, verdicts: int, max_lag: int, rate: float, lag_at_s:
 
 @contextlib.contextmanager
 def _broker(config: FraudkitConfig, state: DemoState, stage: StageCallback) -> Iterator[FraudkitConfig]:
-    """Use the configured Kafka if it answers, else run the embedded broker for the demo's lifetime."""
+    """Use the configured Kafka if it answers, else start a local broker (broker.engine) for the demo."""
     from fraudkit.stream.broker import (
         cache_dir_of,
         engine_version,
@@ -186,9 +186,9 @@ def demo_config(config: FraudkitConfig, workdir: Path, seed: int, rate: float) -
     data["registry"]["path"] = str(workdir / "models")
     # The Spark JVMs (first training, each live retraining) write their own output here.
     data["spark"]["log_file"] = str(workdir / "spark.log")
-    # One detector on the embedded broker: every fetch there costs partitions x history
-    # (docs/scaling.md), and one process gains nothing from more partitions. A demo lasts minutes:
-    # its fresh topics need the local profile's retention, not a production week on a shared broker.
+    # One detector gains nothing from more partitions, and on Tansu every fetch costs partitions x
+    # history (docs/scaling.md). A demo lasts minutes: its fresh topics need the local profile's
+    # retention, not a production week on a shared broker.
     data["topics"].update(
         transactions_partitions=1,
         partitions=1,

@@ -16,7 +16,7 @@ class ConfigError(FraudkitError):
 
 
 class BrokerError(FraudkitError):
-    """Kafka (or the embedded broker) cannot be reached or refused an operation.
+    """Kafka cannot be reached or refused an operation, or a local broker (Apache Kafka or Tansu) failed.
 
     `reason` is the cause without fraudkit's wording around it (librdkafka's text where there is
     one), for callers that report it in their own message; it defaults to the message.

@@ -1,4 +1,4 @@
-"""The detector against the embedded broker: branching, verdicts, dead letters, delivery guarantees."""
+"""The detector against the session's broker: branching, verdicts, dead letters, delivery guarantees."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`fraudkit generate` against the embedded broker: rate, keys, labels, flush on stop, verdicts."""
+"""`fraudkit generate` against the session's broker: rate, keys, labels, flush on stop, verdicts."""
 
 from __future__ import annotations
 

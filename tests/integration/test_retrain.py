@@ -1,4 +1,4 @@
-"""Live retraining against the embedded broker, with the real retraining process (Spark + PyTorch).
+"""Live retraining against the session's broker, with the real retraining process (Spark + PyTorch).
 
 The stream is learnable on purpose (fraud exactly when amount >= 900) and the first model scores
 everything alike, so a trained challenger beats it; `min_improvement` and a diverging learning rate

@@ -1,4 +1,4 @@
-"""`fraudkit demo`: the whole pipeline on the embedded broker, in one terminal."""
+"""`fraudkit demo`: the whole pipeline on a local broker (or the configured Kafka), in one terminal."""
 
 from __future__ import annotations
 

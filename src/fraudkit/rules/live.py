@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 MESSAGES_PER_POLL = 100
 # Reading the control topic's history ends after this long without a message (or at the deadline):
-# its end offset is not trusted (the embedded broker's ListOffsets answer can be short).
+# its end offset is not trusted (Tansu answers ListOffsets up to a record batch short).
 HISTORY_IDLE_S = 0.5
 HISTORY_DEADLINE_S = 10.0
 
