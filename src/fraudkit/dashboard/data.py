@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from fraudkit.config import FraudkitConfig
-from fraudkit.errors import ConfigError, DatabaseError
+from fraudkit.errors import ConfigError, DatabaseError, ModelError
 from fraudkit.storage.database import Database, open_database, quote_table
 from fraudkit.timefmt import iso_ms
 
@@ -254,7 +254,7 @@ def read_models(config: FraudkitConfig) -> list[dict[str, Any]]:
 
     try:
         infos = Registry(config.registry.path).list()
-    except Exception:  # a missing or unreadable registry only empties this panel
+    except ModelError:  # an unreadable registry only empties this panel (a missing one lists nothing)
         return []
     models = []
     for info in reversed(infos):
@@ -269,6 +269,7 @@ def read_models(config: FraudkitConfig) -> list[dict[str, Any]]:
                 "average_precision": metrics.get("average_precision"),
                 "roc_auc": metrics.get("roc_auc"),
                 "trainer": info.trainer,
+                "reason": info.reason,
             }
         )
     return models

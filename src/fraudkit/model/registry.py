@@ -64,7 +64,8 @@ class ModelInfo:
     threshold: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     trainer: str | None = None
-    problem: str | None = None
+    problem: str | None = None  # why a corrupt version cannot be read
+    reason: str | None = None  # why a rejected version was not promoted
 
 
 def jsonable(value: Any) -> Any:
@@ -156,9 +157,12 @@ class Registry:
 
     def versions(self) -> list[str]:
         """Every version directory, oldest first (complete or not)."""
-        if not self.path.is_dir():
-            return []
-        found = [(int(m.group(1)), p.name) for p in self.path.iterdir() if (m := _VERSION.match(p.name))]
+        try:
+            if not self.path.is_dir():
+                return []
+            found = [(int(m.group(1)), p.name) for p in self.path.iterdir() if (m := _VERSION.match(p.name))]
+        except OSError as exc:
+            raise ModelError(f"cannot read the registry {self.path}: {exc.strerror or exc}") from None
         return [name for _, name in sorted(found)]
 
     def _claim_version(self) -> tuple[str, Path]:
@@ -388,6 +392,7 @@ class Registry:
                     threshold=manifest.get("threshold"),
                     metrics=dict(manifest.get("metrics") or {}),
                     trainer=manifest.get("trainer"),
+                    reason=manifest.get("reason"),
                 )
             )
         return infos

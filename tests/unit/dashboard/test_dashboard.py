@@ -3,6 +3,7 @@ registry) and its review endpoint with the label publisher replaced by a recorde
 
 from __future__ import annotations
 
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ import pytest
 from tests.unit.model.test_registry import publish_fields
 from typer.testing import CliRunner
 
+import fraudkit.dashboard
 from fraudkit.cli import app
 from fraudkit.config import FraudkitConfig, load_config
 from fraudkit.dashboard.data import (
@@ -25,7 +27,7 @@ from fraudkit.dashboard.data import (
     read_verdict,
 )
 from fraudkit.dashboard.server import Dashboard, is_loopback, serve_dashboard, token_matches
-from fraudkit.errors import ConfigError
+from fraudkit.errors import ConfigError, ModelError
 from fraudkit.model.registry import Registry
 from fraudkit.schema import Label
 from fraudkit.storage.database import VERDICT_FIELDS, open_database
@@ -211,9 +213,56 @@ def test_models_panel_shows_rejected_retraining_outcomes(tmp_path: Path) -> None
     assert (rejected["average_precision"], rejected["roc_auc"], rejected["threshold"]) == (0.4, 0.8, 0.3)
     assert (champion["average_precision"], champion["roc_auc"], champion["threshold"]) == (0.61, None, 0.4)
     assert rejected["trainer"] == "fraudkit train" and rejected["created_at"]
+    assert (rejected["reason"], champion["reason"]) == ("AP 0.40 < champion 0.61", None)
     # No registry there (yet): the panel is empty and the page still loads.
     config.registry.path = tmp_path / "empty"
     assert read_models(config) == []
+
+
+def test_an_unreadable_registry_empties_the_models_panel_and_other_errors_are_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry(tmp_path / "models")
+    fields = publish_fields(seed=0)
+    registry.publish(fields.pop("model_state"), **fields)
+    config = load_config(None, {"registry.path": str(registry.path)}, environ={})
+    assert [m["version"] for m in read_models(config)] == ["v1"]
+
+    # A folder the dashboard may not list is the registry's own error (ModelError), not an OSError.
+    def refused(self: Path) -> Any:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "iterdir", refused)
+        with pytest.raises(ModelError, match=r"cannot read the registry .*models: Permission denied"):
+            registry.list()
+        assert read_models(config) == []
+    (registry.path / "current").write_text("{not json")
+    assert read_models(config) == []
+
+    # Anything else is a defect, not an empty panel.
+    def broken(self: Registry) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Registry, "list", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        read_models(config)
+
+
+def test_the_models_panel_has_a_cell_per_column_and_sets_every_value_as_text() -> None:
+    static = Path(fraudkit.dashboard.__file__).parent / "static"
+    page = (static / "index.html").read_text()
+    script = (static / "app.js").read_text()
+    header = re.search(r'<table id="models"><thead><tr>(.*?)</tr></thead>', page)
+    assert header is not None
+    columns = re.findall(r"<th>(.*?)</th>", header.group(1))
+    assert columns == ["version", "status", "AP", "threshold", "created", "reason"]
+    render = script[script.index("function renderModels") :]
+    render = render[: render.index("\n}\n")]
+    assert len(re.findall(r"\bcell\(tr, ", render)) == len(columns)
+    assert "cell(tr, m.reason" in render
+    # cell() sets textContent: a reason holding markup is shown as text, never parsed.
+    assert "innerHTML" not in script and "insertAdjacentHTML" not in script and "outerHTML" not in script
 
 
 class RecordingPublisher:

@@ -90,6 +90,7 @@ function renderModels(rows) {
     cell(tr, ratio(m.average_precision), true);
     cell(tr, ratio(m.threshold), true);
     cell(tr, m.created_at || "–");
+    cell(tr, m.reason || "");
     body.appendChild(tr);
   }
 }
