@@ -504,9 +504,11 @@ def _detector_main(config_json: str, events: Any, stop: Any, log_path: str) -> N
 
     Its standard output and error go to log_path: a stray warning written to the terminal would
     break the dashboard drawn in place there (what matters reaches the parent through the queue).
+    The detector's own log lines (a retraining's outcome, a failure's reason) go there too.
     """
     import os
     import signal
+    import sys
 
     with open(log_path, "ab") as log:
         os.dup2(log.fileno(), 1)
@@ -517,6 +519,12 @@ def _detector_main(config_json: str, events: Any, stop: Any, log_path: str) -> N
     from fraudkit.detect import run_detect
     from fraudkit.retrain.extension import retrain_extensions
     from fraudkit.rules.live import rules_extensions
+    from fraudkit.textsafe import printable
+
+    def write_log(message: str) -> None:
+        # One write per line: the loop and the retraining thread log concurrently.
+        sys.stdout.write(f"{time.strftime('%H:%M:%S')} {printable(message)}\n")
+        sys.stdout.flush()
 
     config = FraudkitConfig.model_validate_json(config_json)
     try:
@@ -528,6 +536,7 @@ def _detector_main(config_json: str, events: Any, stop: Any, log_path: str) -> N
             config,
             stop_event=stop,
             on_status=lambda status: events.put(("status", status)),
+            on_log=write_log,
             extensions=extensions,
         )
         events.put(("summary", summary))
@@ -542,6 +551,8 @@ def _summary(state: DemoState, detector: DetectSummary | None, elapsed_s: float,
     confusion = client.confusion if client is not None else {}
     tp, fp, fn = confusion.get("tp", 0), confusion.get("fp", 0), confusion.get("fn", 0)
     promoted = [event for event in state.retrain_events if event.get("type") == "model_published"]
+    # A retraining cancelled at the stop trained nothing.
+    ran = [event for event in state.retrain_events if event.get("type") != "retrain_cancelled"]
     sent = client.sent if client is not None else 0
     verdicts = client.verdicts if client is not None else 0
     return DemoSummary(
@@ -559,7 +570,7 @@ def _summary(state: DemoState, detector: DetectSummary | None, elapsed_s: float,
         precision=tp / (tp + fp) if tp + fp else None,
         recall=tp / (tp + fn) if tp + fn else None,
         latency_ms=dict(client.latency_ms) if client is not None else {},
-        models_trained=1 + len(state.retrain_events),
+        models_trained=1 + len(ran),
         retrains=list(state.retrain_events),
         model_versions=[state.first_model, *(event.get("version", "") for event in promoted)],
         detector_throughput_per_s=round(detector.throughput_per_s, 1) if detector else 0.0,

@@ -107,6 +107,7 @@ def test_demo_runs_the_whole_pipeline_and_leaves_nothing_behind(
         "model_published",
         "model_rejected",
         "retrain_failed",
+        "retrain_cancelled",
     }
     assert any("training the first model" in stage for stage in updates)
     assert summary.bootstrap == f"127.0.0.1:{port}"

@@ -93,3 +93,15 @@ def test_the_demo_command_prints_the_summary_then_exits_7_when_it_did_not_keep_u
     result = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path), "--json"])
     assert result.exit_code == 0
     assert '"missing":0' in result.stdout and '"problems":[]' in result.stdout
+
+
+def test_a_retraining_cancelled_at_the_stop_trained_no_model() -> None:
+    state = DemoState(first_model="v1")
+    state.retrain_events = [
+        {"type": "model_published", "version": "v2"},
+        {"type": "model_rejected", "version": "v3"},
+        {"type": "retrain_cancelled", "reason": "cancelled at stop after 12s"},
+    ]
+    summary = _summary(state, None, 200.0, 1000.0)
+    assert (summary.models_trained, summary.model_versions) == (3, ["v1", "v2"])
+    assert "model_published, model_rejected, retrain_cancelled" in rendered(summary_view(summary))

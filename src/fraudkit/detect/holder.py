@@ -49,7 +49,7 @@ class ModelHolder:
         self.swaps = 0
         self.retrains = 0
         self.last_retrain: dict[str, Any] | None = None
-        self.retrain_outcomes: dict[str, int] = {}  # published / rejected / failed, for metrics
+        self.retrain_outcomes: dict[str, int] = {}  # published / rejected / failed / cancelled, for metrics
         self._pending: tuple[Scorer, FeatureSpec] | None = None
         self._lock = threading.Lock()
         # Rules applied after scoring; installed between batches by RulesExtension (fraudkit.rules.live).

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from fraudkit.schema import Transaction
 
 MAX_REASONS = 32
+# The keys of ModelHolder.retrain_outcomes: the retraining event types less "model_" / "retrain_".
+RETRAIN_OUTCOMES = ("published", "rejected", "failed", "cancelled")
 READY_CONDITIONS = ("model_loaded", "partitions_assigned", "state_restored")
 _REASON_CHARS = re.compile(r"[^a-z0-9_.]+")
 
@@ -191,7 +193,7 @@ class DetectTelemetry(DetectExtension):
             outcomes = dict(getattr(holder, "retrain_outcomes", {}))
             yield from prom.labelled(
                 specs["fraudkit_detect_retrains_total"],
-                [((name,), outcomes.get(name, 0)) for name in ("published", "rejected", "failed")],
+                [((name,), outcomes.get(name, 0)) for name in RETRAIN_OUTCOMES],
             )
             yield from prom.simple(specs["fraudkit_detect_model_serving"], 1, (holder.model.version,))
             counts = holder.features.state_counts()

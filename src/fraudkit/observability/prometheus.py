@@ -84,7 +84,7 @@ DETECT = _specs(
     MetricSpec(
         "fraudkit_detect_retrains_total",
         "counter",
-        "Retraining outcomes seen by this detector (published, rejected, failed).",
+        "Retraining outcomes seen by this detector (published, rejected, failed; cancelled: killed at its stop).",
         ("outcome",),
     ),
     MetricSpec(

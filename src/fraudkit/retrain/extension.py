@@ -56,6 +56,8 @@ CONTROL_KEY = "model"
 MODEL_PUBLISHED = "model_published"
 MODEL_REJECTED = "model_rejected"
 RETRAIN_FAILED = "retrain_failed"
+# Killed because its detector stopped: no outcome, so neither a failure nor announced to others.
+RETRAIN_CANCELLED = "retrain_cancelled"
 EVENT_TYPES = {"published": MODEL_PUBLISHED, "rejected": MODEL_REJECTED, "failed": RETRAIN_FAILED}
 LOCK_FILE = "trainer.lock"
 # How often the trainer counts the labels written to the feature log.
@@ -109,6 +111,8 @@ def outcome_summary(event: dict[str, Any]) -> str:
     rows = (event.get("rows") or {}).get("holdout")
     if kind == RETRAIN_FAILED:
         return f"retraining failed ({event.get('error')}); {champion_version} keeps serving"
+    if kind == RETRAIN_CANCELLED:
+        return f"retraining {event.get('reason') or 'cancelled'}; nothing was published"
     figures = ""
     if isinstance(challenger, int | float) and isinstance(champion, int | float):
         figures = f": {metric} {challenger:.4f} vs {champion_version} {champion:.4f}"
@@ -260,6 +264,7 @@ class RetrainStats:
     published: int = 0
     rejected: int = 0
     failed: int = 0
+    cancelled: int = 0
     swaps_announced: int = 0
     drift_triggered: int = 0
     buffer_rows: int = 0
@@ -275,6 +280,7 @@ class RetrainStats:
             "published": self.published,
             "rejected": self.rejected,
             "failed": self.failed,
+            "cancelled": self.cancelled,
             "swaps_announced": self.swaps_announced,
             "drift_triggered": self.drift_triggered,
             "buffer_rows": self.buffer_rows,
@@ -364,6 +370,13 @@ class RetrainJob:
             return "(no log)"
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
         return " | ".join(lines)[-LOG_TAIL_CHARS:] or "(empty log)"
+
+    def cancel(self) -> dict[str, Any]:
+        """Kill a job whose detector is stopping: its result, marked cancelled (the job folder goes)."""
+        self.kill()
+        return self._finish(
+            {"outcome": "cancelled", "reason": f"cancelled at stop after {self.seconds:.0f}s"}
+        )
 
     def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
         result.setdefault("seconds", self.seconds)
@@ -585,10 +598,14 @@ class RetrainExtension(DetectExtension):
                     self._tick()
             except Exception as exc:
                 self.log(f"retraining: {type(exc).__name__}: {exc}; the current model keeps serving")
-        if self._job is not None:
-            self._job.kill()
-            self._job = None
-            self.log("retraining: stopped with the detector before it finished; nothing was published")
+        job, self._job = self._job, None
+        if job is not None:
+            # A job that ended since the last check has its real outcome; one still running is cancelled.
+            try:
+                self._conclude(job, job.poll() or job.cancel())
+            except Exception as exc:
+                job.kill()
+                self.log(f"retraining: {type(exc).__name__}: {exc} while stopping; nothing was announced")
 
     def _run_task(self, task: tuple[Any, ...]) -> None:
         kind = task[0]
@@ -672,7 +689,7 @@ class RetrainExtension(DetectExtension):
 
     def _conclude(self, job: RetrainJob, result: dict[str, Any]) -> None:
         outcome = str(result.get("outcome", "failed"))
-        event_type = EVENT_TYPES.get(outcome, RETRAIN_FAILED)
+        event_type = RETRAIN_CANCELLED if outcome == "cancelled" else EVENT_TYPES.get(outcome, RETRAIN_FAILED)
         version = result.get("version")
         extra = {
             key: result[key]
@@ -695,7 +712,7 @@ class RetrainExtension(DetectExtension):
             # The trainer swaps without waiting for its own announcement to come back.
             self._offered.add(version)
             self._load_and_offer(version, self.instance_id)
-        if self._producer is not None:
+        if self._producer is not None and event_type != RETRAIN_CANCELLED:
             try:
                 announce(self._producer, self.config, event)
             except Exception as exc:
@@ -710,6 +727,8 @@ class RetrainExtension(DetectExtension):
             self.stats.published += 1
         elif kind == MODEL_REJECTED:
             self.stats.rejected += 1
+        elif kind == RETRAIN_CANCELLED:
+            self.stats.cancelled += 1
         else:
             self.stats.failed += 1
         event = {**event, "summary": outcome_summary(event)}

@@ -290,6 +290,7 @@ def test_detect_telemetry_exports_the_loop_figures(config: FraudkitConfig) -> No
         "published": 1.0,
         "rejected": 0.0,
         "failed": 2.0,
+        "cancelled": 0.0,
     }
     assert series["fraudkit_detect_live_precision_ratio"] == [({"model_version": "v2"}, 0.75)]
     assert series["fraudkit_detect_end_to_end_latency_seconds_count"] == [({}, 2.0)]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,10 +19,13 @@ from fraudkit.detect import ModelHolder
 from fraudkit.errors import DataError
 from fraudkit.features import FeatureSpec
 from fraudkit.model.network import RuleModel
+from fraudkit.retrain import extension
 from fraudkit.retrain.extension import (
     MODEL_PUBLISHED,
+    RETRAIN_CANCELLED,
     RETRAIN_FAILED,
     DriftTrigger,
+    RetrainExtension,
     RetrainJob,
     RetrainPolicy,
     TrainerLock,
@@ -424,6 +429,76 @@ def test_a_job_past_its_timeout_is_killed_and_fails(config: FraudkitConfig) -> N
 
     assert result == {"outcome": "failed", "error": "timed out after 0.5s", "seconds": result["seconds"]}
     assert job.process.returncode is not None
+
+
+class Announcements:
+    """Stands in for the announcement producer: keeps what would have been produced."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+
+def stopping_trainer(
+    config: FraudkitConfig, monkeypatch: pytest.MonkeyPatch, worker: str
+) -> tuple[RetrainExtension, RetrainJob, Announcements, list[str], list[dict[str, Any]]]:
+    """A trainer's background thread running one job of `worker` (Python code), with no broker."""
+    announced = Announcements()
+    monkeypatch.setattr(extension, "announce", lambda producer, config, event: producer.events.append(event))
+    outcomes: list[dict[str, Any]] = []
+    logs: list[str] = []
+    trainer = RetrainExtension(config, on_outcome=outcomes.append)
+    spec = FeatureSpec.from_config(FeaturesConfig(), AmountOnly())
+    trainer.holder = ModelHolder(RuleModel(900.0, spec.names), spec)
+    trainer.instance_id, trainer.log = "t-1", logs.append
+    trainer._producer = announced  # type: ignore[assignment]
+    job = RetrainJob.launch(config, SPEC, "rules", "t-1", command=[sys.executable, "-c", worker])
+    trainer._job = job
+    trainer._thread = threading.Thread(target=trainer._work, daemon=True)
+    trainer._thread.start()
+    return trainer, job, announced, logs, outcomes
+
+
+def stop(trainer: RetrainExtension) -> None:
+    """What on_stop does to the background thread (the rest of it closes Kafka clients)."""
+    assert trainer._thread is not None
+    trainer._tasks.put(extension._STOP)
+    trainer._thread.join(30)
+    assert not trainer._thread.is_alive()
+
+
+def test_a_retraining_running_at_stop_is_cancelled_not_failed(
+    config: FraudkitConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer, job, announced, logs, outcomes = stopping_trainer(
+        config, monkeypatch, "import time; time.sleep(60)"
+    )
+    time.sleep(0.5)
+    stop(trainer)
+
+    assert job.process.returncode is not None and not job.directory.exists()
+    stats = trainer.stats
+    assert (stats.cancelled, stats.failed, stats.published, stats.rejected) == (1, 0, 0, 0)
+    assert [event["type"] for event in outcomes] == [RETRAIN_CANCELLED]
+    assert re.fullmatch(r"cancelled at stop after \d+s", outcomes[0]["reason"])
+    assert trainer.holder.retrain_outcomes == {"cancelled": 1}
+    assert logs == [f"retraining: retraining {outcomes[0]['reason']}; nothing was published"]
+    assert announced.events == []  # nothing was decided: other detectors have nothing to count
+
+
+def test_a_retraining_that_ended_just_before_the_stop_keeps_its_outcome(
+    config: FraudkitConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crash = "import sys; print('spark exploded'); sys.exit(3)"
+    trainer, job, announced, logs, outcomes = stopping_trainer(config, monkeypatch, crash)
+    job.process.wait(20)
+    stop(trainer)
+
+    assert (trainer.stats.failed, trainer.stats.cancelled) == (1, 0)
+    assert [event["type"] for event in announced.events] == [RETRAIN_FAILED]
+    reason = "the retraining process exited with code 3 without a result: spark exploded"
+    assert outcomes[0]["error"] == reason
+    # The failure's reason is in the detector's log.
+    assert logs == [f"retraining: retraining failed ({reason}); rules keeps serving"]
 
 
 # -- the command line ---------------------------------------------------------------------------
