@@ -146,6 +146,8 @@ def main() -> None:
             order = (False, True) if round_number % 2 == 0 else (True, False)
             for metrics in order:
                 result = one_run(config, len(transactions), metrics)
+                if metrics and results[True]:
+                    results[True][-1].telemetry = None  # only the last run's is timed: free the rest
                 results[metrics].append(result)
                 label = "on " if metrics else "off"
                 print(
