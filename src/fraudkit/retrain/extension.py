@@ -58,7 +58,9 @@ MODEL_REJECTED = "model_rejected"
 RETRAIN_FAILED = "retrain_failed"
 # Killed because its detector stopped: no outcome, so neither a failure nor announced to others.
 RETRAIN_CANCELLED = "retrain_cancelled"
+# Outcomes announced on the control topic; a cancelled run (stopped with the detector) is not.
 EVENT_TYPES = {"published": MODEL_PUBLISHED, "rejected": MODEL_REJECTED, "failed": RETRAIN_FAILED}
+OUTCOME_EVENT_TYPES = {**EVENT_TYPES, "cancelled": RETRAIN_CANCELLED}
 LOCK_FILE = "trainer.lock"
 # How often the trainer counts the labels written to the feature log.
 SCAN_EVERY_S = 1.0
@@ -689,7 +691,7 @@ class RetrainExtension(DetectExtension):
 
     def _conclude(self, job: RetrainJob, result: dict[str, Any]) -> None:
         outcome = str(result.get("outcome", "failed"))
-        event_type = RETRAIN_CANCELLED if outcome == "cancelled" else EVENT_TYPES.get(outcome, RETRAIN_FAILED)
+        event_type = OUTCOME_EVENT_TYPES.get(outcome, RETRAIN_FAILED)
         version = result.get("version")
         extra = {
             key: result[key]
