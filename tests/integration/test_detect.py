@@ -156,12 +156,14 @@ def write_config_file(config: FraudkitConfig, path: Path) -> Path:
     return path
 
 
-def detector_process(config_path: Path, *args: str) -> subprocess.Popen[str]:
+def detector_process(config_path: Path, *args: str, stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`fraudkit detect` as a subprocess; pass a file as `stderr` when the run may log a lot (a
+    pipe nobody reads fills at 64 KiB and then blocks the detector's next log line)."""
     env = {**os.environ, "FRAUDKIT_CONFIG": str(config_path)}
     return subprocess.Popen(
         [sys.executable, "-m", "fraudkit", "detect", "--quiet", "--json", *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         env=env,
         text=True,
     )

@@ -375,8 +375,11 @@ class TransactionalCommitter(_CommitterBase):
         self.router.seal()
         topic = self.settings.topics.transactions
         offsets = [self.kafka.TopicPartition(topic, p, o) for p, o in batch.offsets.items()]
-        producer.send_offsets_to_transaction(
-            offsets, self.consumer.consumer_group_metadata(), self.settings.delivery_timeout_s
+        group = self.consumer.consumer_group_metadata()
+        # Retriable while the group coordinator moves (a node stopped): librdkafka says call again.
+        self.kafka.retry_transient(
+            lambda timeout_s: producer.send_offsets_to_transaction(offsets, group, timeout_s),
+            time.monotonic() + self.settings.delivery_timeout_s,
         )
         self._commit()
         self.in_transaction = False

@@ -78,8 +78,9 @@ class LabelFeed:
         consumer = self.consumer
         topic = self.settings.topics.labels
         try:
+            asked_by = time.monotonic() + 10
             ends = {
-                p: consumer.get_watermark_offsets(kafka.TopicPartition(topic, p), timeout=10)[1]
+                p: kafka.watermarks(consumer, kafka.TopicPartition(topic, p), asked_by)[1]
                 for p in self.catch_up_partitions
             }
         except kafka.KafkaException as exc:

@@ -232,7 +232,7 @@ class StateExtension(DetectExtension):
         for partition in partitions:
             tp = kafka.TopicPartition(self.topic, partition)
             try:
-                low, high = reader.get_watermark_offsets(tp, timeout=max(1.0, deadline - time.monotonic()))
+                low, high = kafka.watermarks(reader, tp, deadline)
             except kafka.KafkaException as exc:
                 raise BrokerError(
                     f"cannot read the offsets of {self.topic}[{partition}]: {exc.args[0].str()}"
@@ -259,6 +259,8 @@ class StateExtension(DetectExtension):
                     if error.code() == kafka.KafkaError._PARTITION_EOF:
                         todo.pop(partition, None)
                         continue
+                    if kafka.is_transient(error):
+                        continue  # a leader moved: librdkafka fetches from the new one by itself
                     raise BrokerError(f"cannot read {self.topic}[{partition}]: {error.str()}")
                 key = message.key()
                 card_id = None if key is None else key.decode("utf-8", "replace")
@@ -396,8 +398,11 @@ def _committed(consumer: Consumer, topic: str, partitions: list[int]) -> dict[in
     """The group's committed offset per partition (0 where none)."""
     from fraudkit.stream import kafka
 
+    wanted = [kafka.TopicPartition(topic, p) for p in partitions]
     try:
-        offsets = consumer.committed([kafka.TopicPartition(topic, p) for p in partitions], timeout=10)
+        offsets = kafka.retry_transient(
+            lambda timeout_s: consumer.committed(wanted, timeout=timeout_s), time.monotonic() + 10
+        )
     except kafka.KafkaException as exc:
         raise BrokerError(f"cannot read the committed offsets of {topic}: {exc.args[0].str()}") from None
     return {tp.partition: max(tp.offset, 0) for tp in offsets}

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -466,20 +466,68 @@ def flush(producer: Producer, timeout_s: float = 30.0) -> None:
         raise BrokerError(f"{remaining} message(s) still undelivered after {timeout_s:g}s")
 
 
+# What a request answers for the seconds a leader election or a coordinator move takes (a node
+# died or came back): the same request then succeeds against the new leader or coordinator.
+TRANSIENT_ERROR_CODES = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.OFFSET_NOT_AVAILABLE,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError._WAIT_COORD,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+    }
+)
+RETRY_PAUSE_S = 0.25
+Result = TypeVar("Result")
+
+
+def is_transient(error: KafkaError) -> bool:
+    """Whether the same request may succeed in a moment (never for a fatal error, nor for one that
+    needs the transaction aborted first)."""
+    if error.fatal() or error.txn_requires_abort():
+        return False
+    return error.retriable() or error.code() in TRANSIENT_ERROR_CODES
+
+
+def retry_transient(call: Callable[[float], Result], deadline: float) -> Result:
+    """call(timeout_s) again after transient errors until it succeeds or the monotonic deadline
+    passes; a lasting error, or the last transient one at the deadline, is raised as it came."""
+    while True:
+        try:
+            return call(max(0.1, deadline - time.monotonic()))
+        except KafkaException as exc:
+            if not is_transient(exc.args[0]) or time.monotonic() + RETRY_PAUSE_S >= deadline:
+                raise
+            time.sleep(RETRY_PAUSE_S)
+
+
+def watermarks(reader: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+    """Low and high offsets of a partition, retried through a leader election until the deadline."""
+    return retry_transient(lambda timeout_s: reader.get_watermark_offsets(tp, timeout=timeout_s), deadline)
+
+
 def high_watermarks(
     config: FraudkitConfig, topic: str, timeout_s: float = 10.0
 ) -> dict[int, tuple[int, int]]:
     """Low and high offsets per partition of a topic."""
     reader = make_reader(config)
+    deadline = time.monotonic() + timeout_s
     try:
         metadata = reader.list_topics(topic, timeout=timeout_s)
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
             raise BrokerError(f"unknown topic {topic!r}")
-        result = {}
-        for partition in metadata.topics[topic].partitions:
-            low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
-            result[partition] = (low, high)
-        return result
+        return {
+            partition: watermarks(reader, TopicPartition(topic, partition), deadline)
+            for partition in metadata.topics[topic].partitions
+        }
     finally:
         close_within(reader, timeout_s, "watermark reader")
 

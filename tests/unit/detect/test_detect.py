@@ -465,6 +465,9 @@ class FakeError:
     def retriable(self) -> bool:
         return False
 
+    def fatal(self) -> bool:
+        return False
+
 
 def scripted_loop(
     tmp_path: Path,
@@ -705,6 +708,28 @@ def test_exactly_once_puts_outputs_and_offsets_in_one_transaction(
     assert events[begin + 5] == ("send_offsets", {0: 6, 1: 8}, "group-metadata")
     assert kinds[begin + 6 : begin + 8] == ["flush", "commit_transaction"]
     assert "commit" not in kinds  # never a plain consumer commit in this mode
+
+
+def test_exactly_once_sends_the_offsets_again_while_the_group_coordinator_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop, _, producer, events = scripted_loop(
+        tmp_path, monkeypatch, [batch([(0, 5), (1, 7)])], exactly_once=True, max_transactions=2
+    )
+    send = producer.send_offsets_to_transaction
+    refusals = [FakeError(kafka.KafkaError.COORDINATOR_LOAD_IN_PROGRESS, "Coordinator load in progress")] * 2
+
+    def moving_coordinator(offsets: list[Any], metadata: Any, timeout: float) -> None:
+        if refusals:
+            raise kafka.KafkaException(refusals.pop())
+        send(offsets, metadata, timeout)
+
+    monkeypatch.setattr(producer, "send_offsets_to_transaction", moving_coordinator)
+    summary = loop.run()
+    assert not refusals  # both refusals were met, then the call went through
+    assert [e[0] for e in events].count("commit_transaction") == 1
+    assert ("send_offsets", {0: 6, 1: 8}, "group-metadata") in events
+    assert summary.consumed == 2
 
 
 def test_extensions_see_scored_batches_and_can_swap_the_model(

@@ -220,3 +220,74 @@ def test_the_cli_skips_interpreter_clean_up_only_after_an_abandoned_close(abando
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("fraudkit ")
     assert ("clean-up ran" in result.stdout) is (not abandoned)
+
+
+class Refusal:
+    """A KafkaError-like error: `code`, and the flags librdkafka sets."""
+
+    def __init__(self, code: int, fatal: bool = False, abort: bool = False) -> None:
+        self._code, self._fatal, self._abort = code, fatal, abort
+
+    def code(self) -> int:
+        return self._code
+
+    def fatal(self) -> bool:
+        return self._fatal
+
+    def txn_requires_abort(self) -> bool:
+        return self._abort
+
+    def retriable(self) -> bool:
+        return False
+
+
+def failing_then(errors: list[Refusal], answer: Any) -> tuple[Any, list[float]]:
+    """A call that raises each error in turn, then answers; records the timeouts it was given."""
+    timeouts: list[float] = []
+
+    def call(timeout_s: float) -> Any:
+        timeouts.append(timeout_s)
+        if errors:
+            raise kafka.KafkaException(errors.pop(0))
+        return answer
+
+    return call, timeouts
+
+
+def test_retry_transient_calls_again_through_a_leader_election() -> None:
+    errors = [
+        Refusal(kafka.KafkaError.NOT_LEADER_FOR_PARTITION),
+        Refusal(kafka.KafkaError.LEADER_NOT_AVAILABLE),
+    ]
+    call, timeouts = failing_then(errors, (0, 42))
+    assert kafka.retry_transient(call, time.monotonic() + 10) == (0, 42)
+    assert len(timeouts) == 3
+    assert all(0 < t <= 10 for t in timeouts) and timeouts == sorted(timeouts, reverse=True)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        Refusal(kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED),
+        Refusal(kafka.KafkaError.NOT_LEADER_FOR_PARTITION, fatal=True),
+        Refusal(kafka.KafkaError._TIMED_OUT, abort=True),
+    ],
+    ids=["lasting", "fatal", "needs-abort"],
+)
+def test_retry_transient_raises_a_lasting_error_at_once(error: Refusal) -> None:
+    call, timeouts = failing_then([error], None)
+    with pytest.raises(kafka.KafkaException) as raised:
+        kafka.retry_transient(call, time.monotonic() + 10)
+    assert raised.value.args[0] is error
+    assert len(timeouts) == 1
+
+
+def test_retry_transient_gives_up_at_its_deadline_with_the_last_error() -> None:
+    errors = [Refusal(kafka.KafkaError.NOT_LEADER_FOR_PARTITION) for _ in range(100)]
+    call, timeouts = failing_then(list(errors), None)
+    started = time.monotonic()
+    with pytest.raises(kafka.KafkaException) as raised:
+        kafka.retry_transient(call, started + 1.0)
+    assert time.monotonic() - started < 1.0 + kafka.RETRY_PAUSE_S
+    assert raised.value.args[0] is errors[len(timeouts) - 1]
+    assert 2 <= len(timeouts) < 100
