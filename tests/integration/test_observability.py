@@ -215,6 +215,13 @@ def watched_config(kafka_config: FraudkitConfig) -> FraudkitConfig:
     return config
 
 
+def settled(series: dict[str, list[tuple[dict[str, str], float]]]) -> bool:
+    return (
+        value(series, "fraudkit_detect_consumed_total") == 1502
+        and value(series, "fraudkit_detect_end_to_end_latency_seconds_count") == 1500
+    )
+
+
 def test_metrics_move_readiness_follows_assignment_and_the_gauge_follows_a_hot_swap(
     watched_config: FraudkitConfig,
 ) -> None:
@@ -235,9 +242,8 @@ def test_metrics_move_readiness_follows_assignment_and_the_gauge_follows_a_hot_s
         normal = [transaction(i) for i in range(1500)]
         produce_transactions(config, normal)
         produce(config, [(b"not json", "card-bad"), (b'{"schema": 1}', "card-bad")])
-        wait_for(
-            lambda: value(scrape(running.url), "fraudkit_detect_consumed_total") == 1502, 60, "1502 consumed"
-        )
+        # Latency is observed when the broker acknowledges a verdict, a moment after consuming.
+        wait_for(lambda: settled(scrape(running.url)), 60, "1502 consumed and 1500 verdicts acknowledged")
         series = scrape(running.url)
         frauds = sum(tx.amount >= 250.0 for tx in normal)
         assert value(series, "fraudkit_detect_verdicts_total", decision="fraud") == frauds
