@@ -450,8 +450,10 @@ class FakeProducer:
 
 
 class FakeError:
-    def __init__(self, code: int, text: str, abort: bool = False) -> None:
-        self._code, self._text, self._abort = code, text, abort
+    """A KafkaError-like error: code, text, and the flags librdkafka sets."""
+
+    def __init__(self, code: int, text: str, abort: bool = False, fatal: bool = False) -> None:
+        self._code, self._text, self._abort, self._fatal = code, text, abort, fatal
 
     def code(self) -> int:
         return self._code
@@ -466,7 +468,7 @@ class FakeError:
         return False
 
     def fatal(self) -> bool:
-        return False
+        return self._fatal
 
 
 def scripted_loop(

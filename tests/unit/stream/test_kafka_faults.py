@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from tests.unit.detect.test_detect import FakeError
 from tests.unit.test_generate import FakeClock, FakeProducer, frame
 
 from fraudkit.config import FraudkitConfig
@@ -222,26 +223,7 @@ def test_the_cli_skips_interpreter_clean_up_only_after_an_abandoned_close(abando
     assert ("clean-up ran" in result.stdout) is (not abandoned)
 
 
-class Refusal:
-    """A KafkaError-like error: `code`, and the flags librdkafka sets."""
-
-    def __init__(self, code: int, fatal: bool = False, abort: bool = False) -> None:
-        self._code, self._fatal, self._abort = code, fatal, abort
-
-    def code(self) -> int:
-        return self._code
-
-    def fatal(self) -> bool:
-        return self._fatal
-
-    def txn_requires_abort(self) -> bool:
-        return self._abort
-
-    def retriable(self) -> bool:
-        return False
-
-
-def failing_then(errors: list[Refusal], answer: Any) -> tuple[Any, list[float]]:
+def failing_then(errors: list[FakeError], answer: Any) -> tuple[Any, list[float]]:
     """A call that raises each error in turn, then answers; records the timeouts it was given."""
     timeouts: list[float] = []
 
@@ -256,8 +238,8 @@ def failing_then(errors: list[Refusal], answer: Any) -> tuple[Any, list[float]]:
 
 def test_retry_transient_calls_again_through_a_leader_election() -> None:
     errors = [
-        Refusal(kafka.KafkaError.NOT_LEADER_FOR_PARTITION),
-        Refusal(kafka.KafkaError.LEADER_NOT_AVAILABLE),
+        FakeError(kafka.KafkaError.NOT_LEADER_FOR_PARTITION, "Not leader for partition"),
+        FakeError(kafka.KafkaError.LEADER_NOT_AVAILABLE, "Leader not available"),
     ]
     call, timeouts = failing_then(errors, (0, 42))
     assert kafka.retry_transient(call, time.monotonic() + 10) == (0, 42)
@@ -268,13 +250,13 @@ def test_retry_transient_calls_again_through_a_leader_election() -> None:
 @pytest.mark.parametrize(
     "error",
     [
-        Refusal(kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED),
-        Refusal(kafka.KafkaError.NOT_LEADER_FOR_PARTITION, fatal=True),
-        Refusal(kafka.KafkaError._TIMED_OUT, abort=True),
+        FakeError(kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED, "Topic authorization failed"),
+        FakeError(kafka.KafkaError.NOT_LEADER_FOR_PARTITION, "Not leader for partition", fatal=True),
+        FakeError(kafka.KafkaError._TIMED_OUT, "Timed out", abort=True),
     ],
     ids=["lasting", "fatal", "needs-abort"],
 )
-def test_retry_transient_raises_a_lasting_error_at_once(error: Refusal) -> None:
+def test_retry_transient_raises_a_lasting_error_at_once(error: FakeError) -> None:
     call, timeouts = failing_then([error], None)
     with pytest.raises(kafka.KafkaException) as raised:
         kafka.retry_transient(call, time.monotonic() + 10)
@@ -283,7 +265,7 @@ def test_retry_transient_raises_a_lasting_error_at_once(error: Refusal) -> None:
 
 
 def test_retry_transient_gives_up_at_its_deadline_with_the_last_error() -> None:
-    errors = [Refusal(kafka.KafkaError.NOT_LEADER_FOR_PARTITION) for _ in range(100)]
+    errors = [FakeError(kafka.KafkaError.NOT_LEADER_FOR_PARTITION, "Not leader") for _ in range(100)]
     call, timeouts = failing_then(list(errors), None)
     started = time.monotonic()
     with pytest.raises(kafka.KafkaException) as raised:
