@@ -157,8 +157,8 @@ def write_config_file(config: FraudkitConfig, path: Path) -> Path:
 
 
 def detector_process(config_path: Path, *args: str, stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
-    """`fraudkit detect` as a subprocess; pass a file as `stderr` when the run may log a lot (a
-    pipe nobody reads fills at 64 KiB and then blocks the detector's next log line)."""
+    """`fraudkit detect` as a subprocess; pass a file as `stderr` to read what it logged while it
+    runs (a pipe can only be read once it has exited)."""
     env = {**os.environ, "FRAUDKIT_CONFIG": str(config_path)}
     return subprocess.Popen(
         [sys.executable, "-m", "fraudkit", "detect", "--quiet", "--json", *args],

@@ -216,7 +216,7 @@ def test_three_brokers_exactly_once_survives_a_stopped_node_without_loss_or_dupl
         publish_amount_model(config)
         kafka.ensure_topics(config)
         config_path = write_config_file(config, tmp_path / "config.yaml")
-        # Failover makes every client log reconnects: the detector's stderr goes to a file.
+        # The detector's stderr goes to a file: the waits below can show it while it still runs.
         err_path = tmp_path / "detector.err"
         err_file = err_path.open("w")
         detector = detector_process(config_path, "--exactly-once", "--instance-id", "eos-3", stderr=err_file)
