@@ -158,7 +158,7 @@ def write_config_file(config: FraudkitConfig, path: Path) -> Path:
 
 def detector_process(config_path: Path, *args: str, stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
     """`fraudkit detect` as a subprocess; pass a file as `stderr` to read what it logged while it
-    runs (a pipe can only be read once it has exited)."""
+    runs (communicate() reads a pipe only once the process has exited)."""
     env = {**os.environ, "FRAUDKIT_CONFIG": str(config_path)}
     return subprocess.Popen(
         [sys.executable, "-m", "fraudkit", "detect", "--quiet", "--json", *args],
