@@ -299,7 +299,10 @@ def latency_family(
     # BLAS call, which OpenBLAS splits across threads for a vector this long (60,000 bins), and its
     # worker then spins for about 0.1 s of CPU: measured as 80 ms of CPU per scrape, 13% of the
     # detector's CPU at one scrape a second (benchmarks/bench_metrics.py).
-    sum_s = int(np.multiply(counts.astype(np.int64), np.arange(counts.size, dtype=np.int64)).sum()) / 1000.0
+    sum_s = (
+        int(np.multiply(counts.astype(np.int64, copy=False), np.arange(counts.size, dtype=np.int64)).sum())
+        / 1000.0
+    )
     sum_s += sum(value * n for value, n in coarse.items()) / 1000.0
     family = spec.family()
     family.add_metric([], buckets, sum_s)
