@@ -706,15 +706,19 @@ class Generator:
 
 
 def _assign_at_end(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> None:
-    """Read the topic from its current end: only verdicts for this run's transactions matter."""
-    from fraudkit.stream.kafka import KafkaException, TopicPartition
+    """Read the topic from its current end: only verdicts for this run's transactions matter.
 
+    The end offsets are retried through a leader election (a node restarting) until timeout_s.
+    """
+    from fraudkit.stream.kafka import KafkaException, TopicPartition, watermarks
+
+    deadline = time.monotonic() + timeout_s
     try:
         metadata = consumer.list_topics(topic, timeout=timeout_s)
         partitions = sorted(metadata.topics[topic].partitions)
         assignment = []
         for partition in partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+            _, high = watermarks(consumer, TopicPartition(topic, partition), deadline)
             assignment.append(TopicPartition(topic, partition, high))
     except KafkaException as exc:
         raise BrokerError(f"cannot read topic {topic!r}: {exc.args[0].str()}") from None

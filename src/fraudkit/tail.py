@@ -705,6 +705,8 @@ class Tail:
         topics = resolve_topics(self.config, self.options.topics, existing)
         reader = kafka.make_reader(self.config, enable_partition_eof=True)
         assignments = []
+        # Offsets are retried through a leader election (a node restarting) until this deadline.
+        deadline = time.monotonic() + self.config.kafka.connect_timeout_s
         try:
             for topic in topics:
                 kind = topic_kind(topic, self.config)
@@ -712,9 +714,7 @@ class Tail:
                 self.counters[topic] = TopicCounter(topic, kind, existing[topic])
                 self.summary.per_topic[topic] = 0
                 for partition in range(existing[topic]):
-                    low, high = reader.get_watermark_offsets(
-                        kafka.TopicPartition(topic, partition), timeout=self.config.kafka.connect_timeout_s
-                    )
+                    low, high = kafka.watermarks(reader, kafka.TopicPartition(topic, partition), deadline)
                     start = low if self.options.from_beginning else high
                     self._ends[(topic, partition)] = high
                     if start >= high:

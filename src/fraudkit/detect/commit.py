@@ -391,16 +391,13 @@ class TransactionalCommitter(_CommitterBase):
             )
 
     def _commit(self) -> None:
-        deadline = time.monotonic() + self.settings.delivery_timeout_s
-        while True:
-            try:
-                self.producer.commit_transaction(self.settings.delivery_timeout_s)
-                return
-            except self.kafka.KafkaException as exc:
-                error = exc.args[0]
-                if error.retriable() and time.monotonic() < deadline:
-                    continue
-                raise
+        # Retriable (a timeout, the coordinator moving): librdkafka says call commit_transaction
+        # again; an error that needs an abort, or a fatal one, is raised to submit().
+        producer = self.producer
+        self.kafka.retry_transient(
+            lambda timeout_s: producer.commit_transaction(timeout_s),
+            time.monotonic() + self.settings.delivery_timeout_s,
+        )
 
     def abort_quietly(self, timeout_s: float | None = None) -> None:
         """Abort the open transaction; a failure to abort is logged, not raised."""

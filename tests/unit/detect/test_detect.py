@@ -734,6 +734,49 @@ def test_exactly_once_sends_the_offsets_again_while_the_group_coordinator_moves(
     assert summary.consumed == 2
 
 
+def test_exactly_once_commits_the_transaction_again_after_a_retriable_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop, _, producer, events = scripted_loop(
+        tmp_path, monkeypatch, [batch([(0, 5), (1, 7)])], exactly_once=True, max_transactions=2
+    )
+    commit = producer.commit_transaction
+    refusals = [FakeError(kafka.KafkaError.NOT_COORDINATOR, "Not coordinator")]
+    timeouts: list[float] = []
+
+    def moving_coordinator(timeout: float) -> None:
+        timeouts.append(timeout)
+        if refusals:
+            raise kafka.KafkaException(refusals.pop())
+        commit(timeout)
+
+    monkeypatch.setattr(producer, "commit_transaction", moving_coordinator)
+    summary = loop.run()
+    assert not refusals and len(timeouts) == 2  # refused once, then committed
+    assert [e[0] for e in events].count("commit_transaction") == 1
+    assert "abort_transaction" not in [e[0] for e in events]
+    assert summary.consumed == 2
+
+
+def test_exactly_once_does_not_retry_a_commit_that_needs_an_abort(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop, _, producer, events = scripted_loop(
+        tmp_path, monkeypatch, [batch([(0, 5)])], exactly_once=True, max_transactions=1
+    )
+    calls: list[float] = []
+
+    def fenced_write(timeout: float) -> None:
+        calls.append(timeout)
+        raise kafka.KafkaException(FakeError(kafka.KafkaError._STATE, "produce timed out", abort=True))
+
+    monkeypatch.setattr(producer, "commit_transaction", fenced_write)
+    with pytest.raises(BrokerError, match=r"transaction failed \(produce timed out"):
+        loop.run()
+    assert len(calls) == 1  # not called again: the transaction was aborted instead
+    assert "abort_transaction" in [e[0] for e in events]
+
+
 def test_extensions_see_scored_batches_and_can_swap_the_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -273,3 +273,62 @@ def test_retry_transient_gives_up_at_its_deadline_with_the_last_error() -> None:
     assert time.monotonic() - started < 1.0 + kafka.RETRY_PAUSE_S
     assert raised.value.args[0] is errors[len(timeouts) - 1]
     assert 2 <= len(timeouts) < 100
+
+
+class ElectingReader:
+    """A consumer whose watermark reads fail `refusals` times (a leader election), then answer."""
+
+    def __init__(self, topic: str, partitions: int, refusals: int) -> None:
+        self.topic, self.partitions, self.refusals = topic, partitions, refusals
+        self.calls = 0
+        self.assigned: list[tuple[str, int, int]] = []
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        partitions = dict.fromkeys(range(self.partitions))
+        return type("Metadata", (), {"topics": {self.topic: type("Topic", (), {"partitions": partitions})}})
+
+    def get_watermark_offsets(self, tp: Any, timeout: float = -1, cached: bool = False) -> tuple[int, int]:
+        self.calls += 1
+        if self.refusals:
+            self.refusals -= 1
+            raise kafka.KafkaException(FakeError(kafka.KafkaError.NOT_LEADER_FOR_PARTITION, "Not leader"))
+        return 3, 10 + tp.partition
+
+    def assign(self, partitions: list[Any]) -> None:
+        self.assigned = [(tp.topic, tp.partition, tp.offset) for tp in partitions]
+
+    def close(self, timeout: float = -1) -> None:
+        """Nothing to close."""
+
+
+def test_generate_reads_the_verdicts_end_through_a_leader_election() -> None:
+    from fraudkit.generate import _assign_at_end
+
+    reader = ElectingReader("verdicts", 2, refusals=2)
+    _assign_at_end(reader, "verdicts", timeout_s=10)  # type: ignore[arg-type]
+    assert reader.assigned == [("verdicts", 0, 10), ("verdicts", 1, 11)]
+    assert reader.calls == 4
+
+
+def test_generate_names_the_topic_when_the_election_outlasts_its_deadline() -> None:
+    from fraudkit.generate import _assign_at_end
+
+    reader = ElectingReader("verdicts", 1, refusals=10**6)
+    with pytest.raises(BrokerError, match="cannot read topic 'verdicts': Not leader"):
+        _assign_at_end(reader, "verdicts", timeout_s=0.6)  # type: ignore[arg-type]
+    assert 2 <= reader.calls < 10
+
+
+def test_tail_starts_through_a_leader_election(
+    config: FraudkitConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fraudkit.tail import Tail, TailOptions
+
+    topic = config.topics.verdicts
+    reader = ElectingReader(topic, 2, refusals=1)
+    monkeypatch.setattr(kafka, "list_topics", lambda config, timeout_s: {topic: 2})
+    monkeypatch.setattr(kafka, "make_reader", lambda config, **settings: reader)
+    tail = Tail(config, TailOptions([topic], from_beginning=True))
+    tail.open()
+    assert reader.assigned == [(topic, 0, 3), (topic, 1, 3)]
+    assert tail._ends == {(topic, 0): 10, (topic, 1): 11}
