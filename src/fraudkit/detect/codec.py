@@ -221,36 +221,51 @@ def encode_verdicts(
     no_rules: list[str] = []
     fired: Sequence[list[str]] = rule_outcome.fired if rule_outcome is not None else ()
     review: list[bool] = rule_outcome.review.tolist() if rule_outcome is not None else []
-    rules_version = rule_outcome.version if rule_outcome is not None else None
+    # One dict for the whole batch, its per-row fields overwritten row by row: a fresh 21-key dict
+    # per verdict cost ~30% more (the keys' order, and so the bytes, are the same).
+    row: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "transaction_id": None,
+        "card_id": None,
+        "terminal_id": None,
+        "score": None,
+        "decision": None,
+        "threshold": threshold,
+        "model_version": model_version,
+        "reasons": no_reasons,
+        "event_time_ms": None,
+        "produced_ms": None,
+        "consumed_ms": consumed_ms,
+        "verdict_ms": verdict_ms,
+        "amount": None,
+        "currency": None,
+        "country": None,
+        "merchant_category": None,
+        "detector": detector,
+        "rules": no_rules,
+        "review": False,
+        "rules_version": rule_outcome.version if rule_outcome is not None else None,
+    }
     out = []
+    append = out.append
     for index, (transaction, score, fraud) in enumerate(zip(transactions, scores, frauds, strict=True)):
-        out.append(
-            dumps(
-                {
-                    "schema": SCHEMA_VERSION,
-                    "transaction_id": transaction.transaction_id,
-                    "card_id": transaction.card_id,
-                    "terminal_id": transaction.terminal_id,
-                    "score": score,
-                    "decision": "fraud" if fraud else "legit",
-                    "threshold": threshold,
-                    "model_version": model_version,
-                    "reasons": reasons.get(index, no_reasons) if fraud else no_reasons,
-                    "event_time_ms": transaction.event_time_ms,
-                    "produced_ms": transaction.produced_ms,
-                    "consumed_ms": consumed_ms,
-                    "verdict_ms": verdict_ms,
-                    "amount": transaction.amount,
-                    "currency": transaction.currency,
-                    "country": transaction.country,
-                    "merchant_category": transaction.merchant_category,
-                    "detector": detector,
-                    "rules": fired[index] if fired else no_rules,
-                    "review": review[index] if review else False,
-                    "rules_version": rules_version,
-                }
-            )
-        )
+        row["transaction_id"] = transaction.transaction_id
+        row["card_id"] = transaction.card_id
+        row["terminal_id"] = transaction.terminal_id
+        row["score"] = score
+        row["decision"] = "fraud" if fraud else "legit"
+        row["reasons"] = reasons.get(index, no_reasons) if fraud else no_reasons
+        row["event_time_ms"] = transaction.event_time_ms
+        row["produced_ms"] = transaction.produced_ms
+        row["amount"] = transaction.amount
+        row["currency"] = transaction.currency
+        row["country"] = transaction.country
+        row["merchant_category"] = transaction.merchant_category
+        if fired:
+            row["rules"] = fired[index]
+        if review:
+            row["review"] = review[index]
+        append(dumps(row))
     return out
 
 

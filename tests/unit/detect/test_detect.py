@@ -153,6 +153,15 @@ def test_verdicts_carry_every_field() -> None:
         "rules_version": None,
     }
     assert legit["decision"] == "legit" and legit["reasons"] == []
+    # The batch's rows share one dict while encoding: nothing of a row leaks into the next.
+    first, second = (
+        orjson.loads(raw)
+        for raw in encode_verdicts(
+            transactions[::-1], [0.9, 0.1], [True, False], {0: reasons[1]}, 0.5, "v3", 100, 105, "det-1"
+        )
+    )
+    assert first == fraud
+    assert second == legit
 
 
 def test_latency_percentiles_are_exact() -> None:
