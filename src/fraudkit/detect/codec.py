@@ -246,7 +246,7 @@ def encode_verdicts(
         "review": False,
         "rules_version": rule_outcome.version if rule_outcome is not None else None,
     }
-    out = []
+    out: list[bytes] = []
     append = out.append
     for index, (transaction, score, fraud) in enumerate(zip(transactions, scores, frauds, strict=True)):
         row["transaction_id"] = transaction.transaction_id
