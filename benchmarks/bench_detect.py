@@ -541,28 +541,29 @@ def latency(
     floor_p99 = max(float(np.percentile(floor, 99)), 1.0) if floor.size else None
     if floor_p99 is not None and delivered["p99"] is not None:
         print(f"  p99 over the broker-alone p99: {delivered['p99'] / floor_p99:.2f}x (target <= 2x)")
-    if reader.appended:
-        appended = np.asarray(reader.appended)
-        a50, a95, a99 = np.percentile(appended, [50, 95, 99])
-        print(
-            f"detector, {partitions} partition(s): produced -> verdict written by the broker (its "
-            f"LogAppendTime; the acknowledgement follows), {appended.size:,} verdicts: p50 {a50:.0f} ms, "
-            f"p95 {a95:.0f} ms, p99 {a99:.0f} ms, max {appended.max():.0f} ms"
+    for what, values in (
+        ("written by the broker (its LogAppendTime; the acknowledgement follows)", reader.appended),
+        ("read back by a client (the verdicts topic, a plain consumer as the baseline's)", reader.latencies),
+    ):
+        print_percentiles(
+            f"detector, {partitions} partition(s): produced -> verdict {what}", values, floor_p99
         )
-        if floor_p99 is not None:
-            print(f"  p99 over the broker-alone p99: {a99 / floor_p99:.2f}x (target <= 2x)")
-    if reader.latencies:
-        read_back = np.asarray(reader.latencies)
-        r50, r95, r99 = np.percentile(read_back, [50, 95, 99])
-        print(
-            f"detector, {partitions} partition(s): produced -> verdict read back by a client (the "
-            f"verdicts topic, a plain consumer as the baseline's), {read_back.size:,} verdicts: "
-            f"p50 {r50:.0f} ms, p95 {r95:.0f} ms, p99 {r99:.0f} ms, max {read_back.max():.0f} ms"
-        )
-        if floor_p99 is not None:
-            print(f"  p99 over the broker-alone p99: {r99 / floor_p99:.2f}x (target <= 2x)")
     windows = [line for line in log.lines if "consumed=" in line and "rate=0/s" not in line]
     print("detector status lines (p99 over the interval since the previous line):", *windows, sep="\n  ")
+
+
+def print_percentiles(label: str, values: list[int], floor_p99: float | None) -> None:
+    """p50/p95/p99/max of latencies in ms, and the p99 over the broker-alone p99 (nothing without values)."""
+    if not values:
+        return
+    array = np.asarray(values)
+    p50, p95, p99 = np.percentile(array, [50, 95, 99])
+    print(
+        f"{label}, {array.size:,} verdicts: p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms, "
+        f"max {array.max():.0f} ms"
+    )
+    if floor_p99 is not None:
+        print(f"  p99 over the broker-alone p99: {p99 / floor_p99:.2f}x (target <= 2x)")
 
 
 def latency_runs(bootstrap: str, workdir: Path, args: argparse.Namespace, overrides: dict[str, Any]) -> None:
