@@ -710,16 +710,11 @@ def _assign_at_end(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> N
 
     The end offsets are retried through a leader election (a node restarting) until timeout_s.
     """
-    from fraudkit.stream.kafka import KafkaException, TopicPartition, watermarks
+    from fraudkit.stream.kafka import KafkaException, TopicPartition, topic_watermarks
 
-    deadline = time.monotonic() + timeout_s
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s)
-        partitions = sorted(metadata.topics[topic].partitions)
-        assignment = []
-        for partition in partitions:
-            _, high = watermarks(consumer, TopicPartition(topic, partition), deadline)
-            assignment.append(TopicPartition(topic, partition, high))
+        offsets = topic_watermarks(consumer, topic, timeout_s)
+        assignment = [TopicPartition(topic, p, high) for p, (_, high) in sorted(offsets.items())]
     except KafkaException as exc:
         raise BrokerError(f"cannot read topic {topic!r}: {exc.args[0].str()}") from None
     consumer.assign(assignment)

@@ -514,20 +514,30 @@ def watermarks(reader: Consumer, tp: TopicPartition, deadline: float) -> tuple[i
     return retry_transient(lambda timeout_s: reader.get_watermark_offsets(tp, timeout=timeout_s), deadline)
 
 
+def topic_watermarks(reader: Consumer, topic: str, timeout_s: float) -> dict[int, tuple[int, int]]:
+    """Low and high offsets per partition of a topic, read with `reader` and retried through a
+    leader election until timeout_s; empty for a topic the broker does not know."""
+    deadline = time.monotonic() + timeout_s
+    metadata = reader.list_topics(topic, timeout=timeout_s)
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        return {}
+    return {
+        partition: watermarks(reader, TopicPartition(topic, partition), deadline)
+        for partition in found.partitions
+    }
+
+
 def high_watermarks(
     config: FraudkitConfig, topic: str, timeout_s: float = 10.0
 ) -> dict[int, tuple[int, int]]:
     """Low and high offsets per partition of a topic."""
     reader = make_reader(config)
-    deadline = time.monotonic() + timeout_s
     try:
-        metadata = reader.list_topics(topic, timeout=timeout_s)
-        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+        offsets = topic_watermarks(reader, topic, timeout_s)
+        if not offsets:  # a topic has at least one partition
             raise BrokerError(f"unknown topic {topic!r}")
-        return {
-            partition: watermarks(reader, TopicPartition(topic, partition), deadline)
-            for partition in metadata.topics[topic].partitions
-        }
+        return offsets
     finally:
         close_within(reader, timeout_s, "watermark reader")
 

@@ -285,7 +285,11 @@ class ElectingReader:
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
         partitions = dict.fromkeys(range(self.partitions))
-        return type("Metadata", (), {"topics": {self.topic: type("Topic", (), {"partitions": partitions})}})
+        return type(
+            "Metadata",
+            (),
+            {"topics": {self.topic: type("Topic", (), {"partitions": partitions, "error": None})}},
+        )
 
     def get_watermark_offsets(self, tp: Any, timeout: float = -1, cached: bool = False) -> tuple[int, int]:
         self.calls += 1
