@@ -59,12 +59,14 @@ import tempfile
 import time
 import tracemalloc
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from _detector_log import DetectorLog
 from _engines import add_engines_argument, broker_cpu_seconds, chosen_engines, local_broker
+from _topics import ready_messages, warm_partitions
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME
 
 from fraudkit.config import FraudkitConfig, SimulateConfig, load_config
@@ -362,8 +364,7 @@ def bare_pipe(config: FraudkitConfig, rate: float, seconds: float, warmup: int) 
         go.set()
     deadline = time.monotonic() + seconds * 10 + WARMUP_WAIT_S + 120
     while len(latencies) < total and time.monotonic() < deadline:
-        first = consumer.consume(1, 0.05)
-        for message in first + consumer.consume(999, 0) if first else []:
+        for message in ready_messages(consumer):
             if message.error() is None:
                 produced_ms = json.loads(message.value()).get("produced_ms")
                 if produced_ms is None:
@@ -378,26 +379,6 @@ def bare_pipe(config: FraudkitConfig, rate: float, seconds: float, warmup: int) 
     if "no go" in outcome:
         print("baseline: the warm-up was not consumed in time", flush=True)
     return np.asarray(latencies)
-
-
-def warm_partitions(config: FraudkitConfig) -> int:
-    """One record (header warmup) in every partition of the detector's output topics; returns how many.
-
-    The broker's first write to a fresh partition stalls it (the warm-up transactions reach every
-    partition of the verdicts and legit topics, but the fraud branch gets ~1% of them and the
-    dead-letter topic none). The changelog is left alone: the detector restores state from it.
-    """
-    topics = config.topics
-    names = [topics.legit, topics.fraud, topics.verdicts, topics.dead_letter]
-    metadata = kafka.make_admin(config).list_topics(timeout=30)
-    producer = kafka.make_producer(config)
-    written = 0
-    for name in names:
-        for partition in metadata.topics[name].partitions:
-            producer.produce(name, b"{}", partition=partition, headers=[("warmup", b"1")])
-            written += 1
-    kafka.flush(producer, 60)
-    return written
 
 
 def verdicts_with_append_time(config: FraudkitConfig) -> None:
@@ -430,12 +411,11 @@ class VerdictReader:
         self.latencies: list[int] = []
         self.appended: list[int] = []  # produced_ms -> the broker's LogAppendTime of the verdict
 
-    def read_until(self, done: Any, deadline: float) -> bool:
+    def read_until(self, done: Callable[[], bool], deadline: float) -> bool:
         """Read until done() or the deadline (monotonic); returns done()."""
         consumer = self.consumer
         while not done() and time.monotonic() < deadline:
-            first = consumer.consume(1, 0.05)
-            for message in first + consumer.consume(999, 0) if first else []:
+            for message in ready_messages(consumer):
                 if message.error() is not None or message.headers():
                     continue  # the partitions' warm-up records carry a header
                 produced_ms = json.loads(message.value()).get("produced_ms")
@@ -446,7 +426,7 @@ class VerdictReader:
                     kind, stamp = message.timestamp()
                     if kind == TIMESTAMP_LOG_APPEND_TIME:
                         self.appended.append(stamp - produced_ms)
-        return bool(done())
+        return done()
 
     def close(self) -> None:
         self.consumer.close()
@@ -477,7 +457,11 @@ def latency(
     verdicts_with_append_time(config)
     kafka.ensure_topics(config)
     if warmup:
-        warm_partitions(config)
+        # The warm-up transactions reach every partition of the verdicts and legit topics, but the
+        # fraud branch gets ~1% of them and the dead-letter topic none. The changelog is left
+        # alone: the detector restores state from it.
+        topics = config.topics
+        warm_partitions(config, [topics.legit, topics.fraud, topics.verdicts, topics.dead_letter])
     config_path = workdir / "latency.yaml"
     config_path.write_text(json.dumps(config.model_dump(mode="json")))
     env = {**os.environ, "FRAUDKIT_CONFIG": str(config_path)}

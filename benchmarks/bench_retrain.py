@@ -46,6 +46,7 @@ import numpy as np
 import orjson
 from _detector_log import DetectorLog
 from _engines import add_engines_argument, chosen_engines, local_broker
+from _topics import warm_partitions
 
 from fraudkit.config import FraudkitConfig, SimulateConfig, load_config
 from fraudkit.data.simulate import simulate_dataset
@@ -217,23 +218,6 @@ def read_control(config: FraudkitConfig) -> list[dict[str, Any]]:
     return events
 
 
-def warm_partitions(config: FraudkitConfig) -> None:
-    """One record (header warmup) in every partition of the topics first written mid-run otherwise.
-
-    The broker's first write to a fresh partition stalls it for ~0.5 s on this machine
-    (bench_detect.py's docstring); the control topic's first write is the retraining's first
-    announcement, which would put that stall inside the measured window of pass 1 only. The
-    detector reads the control topic from its end, so it never sees these records.
-    """
-    topics = config.topics
-    metadata = kafka.make_admin(config).list_topics(timeout=30)
-    producer = kafka.make_producer(config)
-    for name in (topics.control, topics.fraud, topics.dead_letter):
-        for partition in metadata.topics[name].partitions:
-            producer.produce(name, b"{}", partition=partition, headers=[("warmup", b"1")])
-    kafka.flush(producer, 60)
-
-
 def percentiles(latencies: list[int]) -> dict[str, float]:
     if not latencies:
         return {"count": 0}
@@ -328,7 +312,11 @@ def run(bootstrap: str, workdir: Path, args: argparse.Namespace, control_for_s: 
     del stream
     kafka.ensure_topics(config)
     if args.warm_topics:
-        warm_partitions(config)
+        # The control topic's first write is the retraining's first announcement: that stall
+        # would land inside pass 1's measured window only. The detector reads the control topic
+        # from its end, so it never sees these records.
+        topics = config.topics
+        warm_partitions(config, [topics.control, topics.fraud, topics.dead_letter])
     config_path = workdir / "detect.yaml"
     config_path.write_text(json.dumps(config.model_dump(mode="json")))
     detector = subprocess.Popen(
