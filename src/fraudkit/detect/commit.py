@@ -31,9 +31,16 @@ if TYPE_CHECKING:
 LatencyCallback = Callable[[list[int], int], None]
 NoteCallback = Callable[[str], None]
 
-# At-least-once commits never wait for acknowledgements while these bounds hold (see settle).
+# At-least-once commits never wait for acknowledgements while these bounds hold (see settle): as
+# many messages as this many full batches (detect.batch_size), and this long. Counted in messages,
+# not batches: at a moderate rate batches are small, and a count of 20 of them forced a wait for
+# acknowledgements every ~200 ms at 5,000 tx/s (measured), before state.commit_interval_ms was due.
 MAX_UNSETTLED_BATCHES = 20
 MAX_UNSETTLED_S = 1.0
+# A seal's durable state (the changed cards, ~15 ms for 1,000 at 5,000 tx/s on the project's
+# machine) is produced in slices about this long between batches, so arriving messages never wait
+# for a whole seal.
+SEAL_SLICE_S = 0.002
 # While outputs await acknowledgement, the loop alternates between the consumer and the producer's
 # delivery reports in slices this long.
 ACK_POLL_S = 0.001
@@ -117,31 +124,38 @@ class _Span:
     offsets: dict[int, int]
     batches: list[ScoredBatch]
     since: float  # monotonic time the first of them was produced
+    messages: int = 0
 
     def add(self, batch: ScoredBatch) -> None:
         self.offsets.update(batch.offsets)
         self.batches.append(batch)
+        self.messages += len(batch.messages)
 
     def merge(self, later: _Span) -> None:
         """Take in a span produced after this one (its offsets are the later ones; `since` stays)."""
         self.offsets.update(later.offsets)
         self.batches.extend(later.batches)
+        self.messages += later.messages
 
 
 class AckCommitter(_CommitterBase):
     """At-least-once: commit offsets after the outputs' acknowledgements, without blocking the loop.
 
-    Batches go through two spans. *Open*: produced since the last seal. At a seal (every
-    `seal_interval_s`, or when a commit must happen now) extensions produce what must be durable
-    with the offsets (`DetectExtension.on_seal`: the changed cards' state) and the open span
-    becomes *sealed*: its offsets are committed once everything produced is acknowledged. A seal
-    happens only between a batch's routing and the next batch's scoring, so the state it writes is
-    exactly the state of the sealed batches.
+    Batches go through three spans. *Open*: produced since the last seal. At a seal (every
+    `seal_interval_s`, or when a commit must happen now) the open span becomes *sealing*:
+    extensions produce what must be durable with its offsets (`DetectExtension.begin_seal` and
+    `seal_step`: the changed cards' state), in slices of SEAL_SLICE_S between batches (all at once
+    when the commit must happen now). Then it is *sealed*: its offsets are committed once
+    everything produced is acknowledged. Slices run only between batches, so each card is written
+    with its state as of then, which may include later batches' rows (a restore ahead of the
+    committed offsets guards against counting their replay twice: fraudkit.state.replay).
     """
 
     def _init_state(self) -> None:
         self.open: _Span | None = None
+        self.sealing: _Span | None = None
         self.sealed: _Span | None = None
+        self.max_unsettled_messages = MAX_UNSETTLED_BATCHES * self.settings.batch_size
         self.last_seal = time.monotonic()
         # produced_ms of the batches whose verdicts are not yet known to be acknowledged: the
         # end-to-end latency ends when the loop sees the producer queue empty (an upper bound).
@@ -150,7 +164,7 @@ class AckCommitter(_CommitterBase):
     @property
     def unsettled(self) -> list[ScoredBatch]:
         """The batches produced but not yet committed (to find a refused output's source)."""
-        return [*(self.sealed.batches if self.sealed else ()), *(self.open.batches if self.open else ())]
+        return [batch for span in (self.sealed, self.sealing, self.open) if span for batch in span.batches]
 
     def start(self) -> None:
         """Nothing to prepare."""
@@ -166,11 +180,15 @@ class AckCommitter(_CommitterBase):
         producer = self.producer
         deadline = time.monotonic() + self.settings.poll_timeout_s
         first: list[Message] = []
-        while len(producer) > 0:
+        while len(producer) > 0 or self.sealing is not None:
             first = consumer.consume(1, 0)
             if first:
                 return _first_then_fetched(consumer, first, limit)
-            producer.poll(ACK_POLL_S)  # returns as soon as a delivery report was served
+            if self.sealing is not None:
+                self._seal_step()  # nothing to score: write the next slice of the seal
+                producer.poll(0)
+            else:
+                producer.poll(ACK_POLL_S)  # returns as soon as a delivery report was served
             if time.monotonic() >= deadline:
                 return []
         self.settle(block=False)  # commit (and time) what was acknowledged meanwhile
@@ -186,31 +204,45 @@ class AckCommitter(_CommitterBase):
         self.router.route(batch)
         self.undelivered.append(batch.produced_ms)
         if self.open is None:
-            self.open = _Span(dict(batch.offsets), [batch], time.monotonic())
+            self.open = _Span(dict(batch.offsets), [batch], time.monotonic(), len(batch.messages))
         else:
             self.open.add(batch)
-        if self._overdue() or time.monotonic() - self.last_seal >= self.settings.seal_interval_s:
+        if self._overdue():
+            self._seal(at_once=True)
+        elif time.monotonic() - self.last_seal >= self.settings.seal_interval_s:
             self._seal()
+        elif self.sealing is not None:
+            self._seal_step()
 
-    def _seal(self) -> None:
-        """Produce the extensions' durable state for the open batches; they join the sealed span."""
+    def _seal(self, at_once: bool = False) -> None:
+        """The open batches become the sealing span (a seal still in progress is finished first)."""
         self.last_seal = time.monotonic()
+        if self.sealing is not None:
+            self._seal_step(float("inf"))
         span, self.open = self.open, None
         if span is None:
             return
-        self.router.seal()
+        self.sealing = span
+        self.router.begin_seal()
+        self._seal_step(float("inf") if at_once else SEAL_SLICE_S)
+
+    def _seal_step(self, budget_s: float = SEAL_SLICE_S) -> None:
+        """Produce the next slice of the sealing span's durable state; once all of it is, it is sealed."""
+        span = self.sealing
+        if span is None or not self.router.seal_step(budget_s):
+            return
+        self.sealing = None
         if self.sealed is None:
             self.sealed = span
         else:
             self.sealed.merge(span)
 
     def _overdue(self) -> bool:
-        oldest = self.sealed or self.open
-        if oldest is None:
+        spans = [span for span in (self.sealed, self.sealing, self.open) if span is not None]
+        if not spans:
             return False
-        sealed = len(self.sealed.batches) if self.sealed else 0
-        batches = sealed + (len(self.open.batches) if self.open else 0)
-        return batches >= MAX_UNSETTLED_BATCHES or time.monotonic() - oldest.since >= MAX_UNSETTLED_S
+        messages = sum(span.messages for span in spans)
+        return messages >= self.max_unsettled_messages or time.monotonic() - spans[0].since >= MAX_UNSETTLED_S
 
     def all_delivered(self) -> None:
         """The producer queue was just seen empty: every verdict produced so far is delivered now."""
@@ -261,10 +293,13 @@ class AckCommitter(_CommitterBase):
         now, so acknowledgements arrive while the next batch is scored. Past MAX_UNSETTLED_BATCHES
         or MAX_UNSETTLED_S it waits, which bounds what a crash makes the group re-process.
         """
-        if self.open is not None and (
-            block or self._overdue() or time.monotonic() - self.last_seal >= self.settings.seal_interval_s
-        ):
+        if block or self._overdue():
+            if self.open is not None or self.sealing is not None:
+                self._seal(at_once=True)
+        elif self.open is not None and time.monotonic() - self.last_seal >= self.settings.seal_interval_s:
             self._seal()
+        elif self.sealing is not None:
+            self._seal_step()
         self._commit_sealed(block, close_by)
 
     def _commit_sealed(self, block: bool, close_by: float | None = None) -> None:
@@ -311,7 +346,7 @@ class AckCommitter(_CommitterBase):
         """The partitions already belong to someone else: a commit would be refused."""
         self.producer.flush(self.settings.delivery_timeout_s)
         self.all_delivered()
-        self.open = self.sealed = None
+        self.open = self.sealing = self.sealed = None
 
     def close(self, failed: bool, close_by: float) -> None:
         """Settle everything on a clean stop (by close_by); after a failure nothing more is committed."""
@@ -320,7 +355,7 @@ class AckCommitter(_CommitterBase):
 
     def forget(self) -> None:
         """Drop the uncommitted batches: the group re-processes them after a restart."""
-        self.open = self.sealed = None
+        self.open = self.sealing = self.sealed = None
 
 
 class TransactionalCommitter(_CommitterBase):

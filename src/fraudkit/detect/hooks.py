@@ -85,5 +85,18 @@ class DetectExtension:
         what must be durable with them (at-least-once: once per `state.commit_interval_ms`; exactly-once:
         inside each batch's transaction). Offsets are committed once these outputs are acknowledged."""
 
+    def begin_seal(self) -> None:
+        """At-least-once: a seal starts; `seal_step` produces what it covers, in slices between batches."""
+
+    def seal_step(self, producer: Producer, on_delivery: Callable[..., None], budget_s: float) -> bool:
+        """Produce part of what `begin_seal` marked, for about budget_s; True once all of it is produced.
+
+        Between batches, so later batches may have changed the state since `begin_seal`: what is
+        produced must be the state as of now (with what it has applied), which a restore can take
+        ahead of the committed offsets. The default produces everything at once (`on_seal`).
+        """
+        self.on_seal(producer, on_delivery)
+        return True
+
     def on_stop(self) -> None:
         """After the loop ended and the last batch was committed."""

@@ -50,6 +50,8 @@ class OutputRouter:
         self.delivery_failures = 0
         # Outputs the broker refused as too large (topic, key, value, error), waiting to be dead-lettered.
         self.refused_outputs: list[tuple[str, bytes | None, bytes | None, str]] = []
+        # The extensions whose part of the started seal is not produced yet (seal_step).
+        self.sealing: list[DetectExtension] = []
 
     def route(self, batch: ScoredBatch) -> None:
         """Produce every output of a batch: dead letters, then branch copy and verdict per transaction."""
@@ -102,6 +104,21 @@ class OutputRouter:
         """Produce what extensions keep durable with the offsets about to be committed (fraudkit.state)."""
         for extension in self.extensions:
             extension.on_seal(self.producer, self.delivery_failed)
+
+    def begin_seal(self) -> None:
+        """Start a seal that `seal_step` produces in slices (at-least-once)."""
+        for extension in self.extensions:
+            extension.begin_seal()
+        self.sealing = list(self.extensions)
+
+    def seal_step(self, budget_s: float) -> bool:
+        """Produce about budget_s of the started seal; True once every extension has produced all of it."""
+        self.sealing = [
+            extension
+            for extension in self.sealing
+            if not extension.seal_step(self.producer, self.delivery_failed, budget_s)
+        ]
+        return not self.sealing
 
     def send(self, topic: str, value: bytes | None, key: Any, headers: Any) -> None:
         """Produce one message, serving delivery reports while the local queue is full (never drop)."""

@@ -80,6 +80,9 @@ class StateExtension(DetectExtension):
         self._early_log: list[str] = []
         # Cards changed since the last seal: card id -> (its last transaction, that row's message).
         self._dirty: dict[str | None, tuple[Transaction, Any]] = {}
+        # The cards a started seal writes (begin_seal), and how many of them seal_step has taken.
+        self._sealing: list[str | None] = []
+        self._sealed_upto = 0
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -330,37 +333,72 @@ class StateExtension(DetectExtension):
 
     def on_seal(self, producer: Producer, on_delivery: Callable[..., None]) -> None:
         """Write each card changed since the last seal once, with its state as of now."""
-        dirty, self._dirty = self._dirty, {}
-        if not dirty or self._features is None:
-            return
+        self.begin_seal()
+        self.seal_step(producer, on_delivery, float("inf"))
+
+    def begin_seal(self) -> None:
+        """Mark the cards changed so far; `seal_step` writes them (those still unwritten included)."""
+        self._sealing = list(self._dirty)
+        self._sealed_upto = 0
+
+    def seal_step(self, producer: Producer, on_delivery: Callable[..., None], budget_s: float) -> bool:
+        """Write the marked cards for about budget_s, each with its state and last row as of now.
+
+        A card changed again by a later batch is written with that batch's state and row (and is
+        then clean); a card dropped since (revoked partition, new feature spec) is skipped.
+        """
+        cards = self._sealing
+        if self._features is None or not cards:
+            self._sealing = []
+            return True
         features = self._current()
         if not features.spec.use_card:
-            return
+            self._sealing = []
+            return True
+        dirty = self._dirty
         export = features.export_card
         fingerprint = self._fingerprint
         topic = self.topic
         partition_cards = self.partition_cards
         produce = producer.produce
+        clock = time.perf_counter
+        give_up_at = clock() + budget_s
+        index = self._sealed_upto
+        end = len(cards)
         written = 0
-        for card_id, (tx, message) in dirty.items():
+        while index < end:
+            card_id = cards[index]
+            index += 1
+            entry = dirty.pop(card_id, None)
+            if entry is None:
+                continue  # written meanwhile (by a full seal) or dropped
             state = export(card_id)
-            if state is None:
-                continue  # expired since
-            partition = message.partition()
-            value = encode_card(fingerprint, message.offset(), (tx.event_time_ms, tx.transaction_id), state)
-            key = None if card_id is None else card_id.encode()
-            while True:
-                try:
-                    produce(topic, value, key, partition=partition, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            owned = partition_cards.get(partition)
-            if owned is None:
-                owned = partition_cards[partition] = set()
-            owned.add(card_id)
-            written += 1
+            if state is not None:  # None: expired since
+                tx, message = entry
+                partition = message.partition()
+                value = encode_card(
+                    fingerprint, message.offset(), (tx.event_time_ms, tx.transaction_id), state
+                )
+                key = None if card_id is None else card_id.encode()
+                while True:
+                    try:
+                        produce(topic, value, key, partition=partition, on_delivery=on_delivery)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+                owned = partition_cards.get(partition)
+                if owned is None:
+                    owned = partition_cards[partition] = set()
+                owned.add(card_id)
+                written += 1
+            if not index & 31 and clock() >= give_up_at:
+                break
         self.figures["changelog_records"] += written
+        self._sealed_upto = index
+        if index < end:
+            return False
+        self._sealing = []
+        return True
 
     # -- snapshots ----------------------------------------------------------------------------
 

@@ -583,14 +583,30 @@ def test_unacknowledged_batches_past_the_bound_are_waited_for_and_committed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(commit, "MAX_UNSETTLED_BATCHES", 3)
-    monkeypatch.setattr(commit, "MAX_UNSETTLED_S", 3600.0)  # only the batch count bounds here
-    batches = [batch([(0, offset)]) for offset in range(7)]
-    loop, _, _, events = scripted_loop(tmp_path, monkeypatch, batches, max_transactions=7)
+    monkeypatch.setattr(commit, "MAX_UNSETTLED_S", 3600.0)  # only the message count bounds here
+    # Full batches (detect.batch_size is 10 here): the bound is 3 of them, 30 messages.
+    batches = [batch([(0, offset) for offset in range(start, start + 10)]) for start in range(0, 70, 10)]
+    loop, _, _, events = scripted_loop(tmp_path, monkeypatch, batches, max_transactions=70)
     loop.run()
     # Acknowledgements come only with a flush: every third batch makes the next one wait for them.
     commits = [e for e in events if e[0] == "commit"]
-    assert commits == [("commit", {0: 3}, True), ("commit", {0: 6}, True), ("commit", {0: 7}, True)]
-    assert events.index(("flush", 6)) < events.index(commits[0])
+    assert commits == [("commit", {0: 30}, True), ("commit", {0: 60}, True), ("commit", {0: 70}, True)]
+    assert events.index(("flush", 60)) < events.index(commits[0])
+
+
+def test_small_batches_are_not_waited_for_until_their_messages_reach_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At a moderate rate batches are small: a bound in batches made the loop wait for
+    # acknowledgements every few milliseconds' worth of them. The bound is in messages.
+    monkeypatch.setattr(commit, "MAX_UNSETTLED_BATCHES", 3)
+    monkeypatch.setattr(commit, "MAX_UNSETTLED_S", 3600.0)
+    batches = [batch([(0, offset)]) for offset in range(7)]
+    loop, _, _, events = scripted_loop(tmp_path, monkeypatch, batches, max_transactions=7)
+    loop.run()
+    commits = [e for e in events if e[0] == "commit"]
+    assert commits == [("commit", {0: 7}, True)]  # only at the close: 7 messages < 30
+    assert not [e for e in events[: events.index(commits[0]) - 1] if e[0] == "flush"]
 
 
 def test_a_failed_delivery_stops_the_loop_without_committing(
@@ -703,6 +719,63 @@ def test_without_an_interval_every_batch_is_sealed_before_its_commit(
     ]
     cards = [len({orjson.loads(m.value())["card_id"] for m in b}) for b in batches]
     assert [e[1] for e in events if e[0] == "seal"] == cards
+
+
+class SlicedSealRecorder(SealRecorder):
+    """Writes one card per seal_step: a seal that takes several slices between batches."""
+
+    def begin_seal(self) -> None:
+        self.events.append(("begin_seal",))
+        self.marked = sorted(self.dirty, key=str)
+        self.dirty = set()
+
+    def seal_step(self, producer: Any, on_delivery: Any, budget_s: float) -> bool:
+        while self.marked:
+            producer.produce("changelog", b"state", self.marked.pop(0), on_delivery=on_delivery)
+            if budget_s != float("inf"):
+                break
+        if self.marked:
+            return False
+        self.events.append(("sealed",))
+        return True
+
+
+def test_a_seal_in_slices_lets_the_next_batch_through_and_commits_only_once_it_is_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = SlicedSealRecorder([])
+    # Each batch's rows are distinct cards: a seal of batch 1 takes two slices.
+    batches = [batch([(0, 0), (0, 1)]), batch([(0, 2), (0, 3)]), batch([(0, 4)])]
+    loop, _, producer, events = scripted_loop(
+        tmp_path,
+        monkeypatch,
+        batches,
+        max_transactions=5,
+        extensions=[recorder],
+        state={"commit_interval_ms": 0},
+    )
+    recorder.events = events
+    producer.acks_on_poll = True
+    loop.run()
+    kinds = [e[0] if e[0] != "produce" or e[1] != "changelog" else "changelog" for e in events]
+    kinds = [k for k in kinds if k in ("batch_produce", "begin_seal", "changelog", "sealed", "commit")]
+    # Batch 2 is routed between the first and the second slice of batch 1's seal; batch 1's offsets
+    # are committed only after its last slice.
+    assert kinds[:7] == [
+        "batch_produce",
+        "begin_seal",
+        "changelog",
+        "batch_produce",
+        "changelog",
+        "sealed",
+        "begin_seal",
+    ]
+    commits = [e for e in events if e[0] == "commit"]
+    first_sealed = events.index(("sealed",))
+    assert commits and events.index(commits[0]) > first_sealed
+    assert commits[0][1] == {0: 2}
+    assert commits[-1] == ("commit", {0: 5}, True)
+    assert [p[0] for p in producer.produced].count("changelog") == 5
 
 
 def test_exactly_once_puts_outputs_and_offsets_in_one_transaction(

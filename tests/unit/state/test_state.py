@@ -215,3 +215,85 @@ def test_sliced_expiry_holds_back_to_the_slowest_partition_like_expire() -> None
     assert features._expiry_time(9_000) == 1_000
     assert features.expire_step(9_000, 0.01) is True
     assert recorded == [1_000]
+
+
+class RecordingProducer:
+    """Keeps what is produced (topic, key, value, partition)."""
+
+    def __init__(self) -> None:
+        self.produced: list[tuple[str, bytes | None, bytes, int]] = []
+
+    def produce(
+        self, topic: str, value: bytes, key: bytes | None, partition: int, on_delivery: object
+    ) -> None:
+        self.produced.append((topic, key, value, partition))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+class Source:
+    """The message a transaction came from: its partition and offset."""
+
+    def __init__(self, offset: int) -> None:
+        self._offset = offset
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+def test_a_sliced_seal_writes_each_card_once_with_its_state_as_of_the_slice() -> None:
+    from types import SimpleNamespace
+
+    from fraudkit.config import FraudkitConfig
+    from fraudkit.state.store import StateExtension
+
+    extension = StateExtension(FraudkitConfig())
+    holder = SimpleNamespace(features=OnlineFeatures(SPEC), spec=SPEC, max_cards=None)
+    extension.context = SimpleNamespace(holder=holder)  # type: ignore[assignment]
+    extension._install(extension.context)  # type: ignore[arg-type]
+    features = holder.features
+    # 80 cards, one row each; then a second batch changes one card marked but not yet written,
+    # and one already written.
+    first = [
+        Transaction(f"tx-{i:03d}", START_MS + i, f"card-{i:02d}", 10.0 + i, terminal_id="t", country="DE")
+        for i in range(80)
+    ]
+    features.transform(first, np.float64)
+    producer = RecordingProducer()
+    extension.on_batch_produce(producer, first, [Source(i) for i in range(80)], print)  # type: ignore[arg-type]
+
+    extension.begin_seal()
+    assert extension.seal_step(producer, print, 0.0) is False  # type: ignore[arg-type]
+    written_first = {key for _, key, _, _ in producer.produced}
+    assert 0 < len(written_first) < 80
+    unwritten = next(
+        f"card-{i:02d}".encode() for i in range(80) if f"card-{i:02d}".encode() not in written_first
+    )
+    already = next(iter(written_first))
+    second = [
+        Transaction("tx-late-1", START_MS + 100, unwritten.decode(), 99.0, terminal_id="t", country="DE"),
+        Transaction("tx-late-2", START_MS + 101, already.decode(), 98.0, terminal_id="t", country="DE"),
+    ]
+    features.transform(second, np.float64)
+    extension.on_batch_produce(producer, second, [Source(100), Source(101)], print)  # type: ignore[arg-type]
+    while not extension.seal_step(producer, print, 0.0):  # type: ignore[arg-type]
+        pass
+
+    keys = [key for _, key, _, _ in producer.produced]
+    assert sorted(keys) == sorted(f"card-{i:02d}".encode() for i in range(80))  # each card once
+    records = {key: decode_card(value, WINDOWS) for _, key, value, _ in producer.produced}
+    # The card changed after the seal began was written with that row applied, as of the slice.
+    late = records[unwritten]
+    assert (late.source_offset, late.applied) == (100, (START_MS + 100, "tx-late-1"))
+    assert late.state == features.export_card(unwritten.decode())
+    # The one written before its change is still to write: the next seal takes it, alone.
+    producer.produced.clear()
+    extension.begin_seal()
+    assert extension.seal_step(producer, print, float("inf")) is True  # type: ignore[arg-type]
+    assert [(key, decode_card(value, WINDOWS).source_offset) for _, key, value, _ in producer.produced] == [
+        (already, 101)
+    ]
