@@ -100,6 +100,34 @@ def test_explain_ranks_features_by_gradient_times_normalised_input() -> None:
     assert model.explain(X, k=1)[0] == [reasons[0][0]]
 
 
+@pytest.mark.parametrize("hidden_sizes", [[], [16], [64, 32]])
+def test_scores_and_reasons_equal_the_torch_module_and_autograd(hidden_sizes: list[int]) -> None:
+    import torch
+
+    # The scorer multiplies the layers itself (nn.Module calls cost most of a small batch's time):
+    # the same logits bit for bit, and the hand-written gradient equals autograd's.
+    torch.manual_seed(3)
+    names = [f"f{i}" for i in range(12)]
+    network = build_mlp(len(names), hidden_sizes)
+    normalisation = Normalisation(mean=np.linspace(-1, 1, 12), std=np.linspace(0.5, 2, 12))
+    model = LoadedModel.from_state(
+        state_to_numpy(network.state_dict()), names, normalisation, 0.5, hidden_sizes=hidden_sizes
+    )
+    X = np.random.default_rng(5).normal(size=(40, 12)).astype(np.float32)
+    Z = torch.from_numpy(normalisation.apply(X)).requires_grad_(True)
+    expected = network(Z)
+    assert np.array_equal(model.logits(X), expected.detach().numpy()[:, 0])
+    expected.sum().backward()
+    assert Z.grad is not None
+    autograd = (Z.grad * Z).detach().numpy()
+    for row, reasons in enumerate(model.explain(X, k=12)):
+        got = {reason["feature"]: reason["contribution"] for reason in reasons}
+        assert got == pytest.approx({name: float(autograd[row, i]) for i, name in enumerate(names)}, abs=2e-6)
+        assert [reason["feature"] for reason in reasons[:3]] == [
+            names[i] for i in np.argsort(-autograd[row])[:3]
+        ]
+
+
 def test_rule_model_flags_amounts_above_threshold() -> None:
     rule = RuleModel(900.0, ["card_count_1h", "amount"])
     X = np.array([[1.0, 950.0], [3.0, 900.0], [0.0, 10.0]], dtype=np.float32)
