@@ -1,7 +1,7 @@
 """Throughput and latency of `fraudkit detect` against a naive one-at-a-time detector, same run.
 
 Run: .venv/bin/python benchmarks/bench_detect.py [--transactions 300000] [--naive 3000]
-     [--rate 5000] [--latency-seconds 20] [--warmup 20000] [--memory-customers 5000] [--memory-days 35] [--skip-latency] [--skip-memory]
+     [--rate 5000] [--latency-seconds 20] [--warmup 60000] [--memory-customers 5000] [--memory-days 35] [--skip-latency] [--skip-memory]
      [--profile detect-profile.txt]
 
 Runs every broker-bound phase once per engine (--engines, default kafka,tansu: a fresh local Apache
@@ -40,7 +40,11 @@ an MLP ([64, 32] hidden units, random weights, the full simulator feature spec, 
    files; gone with the broker's data on tmpfs), and a fresh broker JVM is still compiling the
    detector's request paths in its first seconds (C2 compiler threads at 14% of a core during the
    first measured stream). Both are a fresh broker's costs, not the detector's; a production
-   broker is warm. `--warmup 0` measures from the first write.
+   broker is warm. The default, 60,000 (12 s at 5,000 tx/s): after 20,000 the machine was still
+   85-95% busy for the first ~2.5 s of the measured stream, the broker JVM alone at ~1.2 cores
+   (per-process CPU from /proc every 50 ms), and that stretch set the 1-partition p99 (measured
+   per verdict with LogAppendTime on the transactions topic too). `--warmup 0` measures from the
+   first write. On Tansu a longer warm-up is also a longer history, which its fetches pay for.
 4. Memory per active card: OnlineFeatures over --memory-days simulated days of --memory-customers
    customers (35 days fill the longest, 30-day window), expired at the last event time; tracemalloc
    of the state divided by the number of cards in state.
@@ -598,9 +602,9 @@ def main() -> None:
     parser.add_argument(
         "--warmup",
         type=int,
-        default=20_000,
+        default=60_000,
         help="latency runs: transactions sent (and answered) before each measured stream, without "
-        "produced_ms (default 20000, 4 s at 5,000 tx/s; 0 = measure from the first write to the "
+        "produced_ms (default 60000, 12 s at 5,000 tx/s; 0 = measure from the first write to the "
         "fresh topics)",
     )
     parser.add_argument("--memory-customers", type=int, default=5_000)
