@@ -661,16 +661,20 @@ class SealRecorder(DetectExtension):
 
 
 def run_with_seals(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, commit_interval_ms: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    commit_interval_ms: int,
+    recorder: SealRecorder | None = None,
+    batches: list[list[FakeMessage]] | None = None,
 ) -> tuple[SealRecorder, list[list[FakeMessage]], FakeProducer, list[tuple[Any, ...]]]:
-    """Run three batches (four rows, acknowledged at once) through a loop with a SealRecorder."""
-    recorder = SealRecorder([])
-    batches = [batch([(0, 0), (1, 0)]), batch([(0, 1)]), batch([(1, 1)])]
+    """Run batches (by default three, four rows; acknowledged at once) through a loop with a SealRecorder."""
+    recorder = recorder or SealRecorder([])
+    batches = batches or [batch([(0, 0), (1, 0)]), batch([(0, 1)]), batch([(1, 1)])]
     loop, _, producer, events = scripted_loop(
         tmp_path,
         monkeypatch,
         batches,
-        max_transactions=4,
+        max_transactions=sum(len(messages) for messages in batches),
         extensions=[recorder],
         state={"commit_interval_ms": commit_interval_ms},
     )
@@ -743,20 +747,9 @@ class SlicedSealRecorder(SealRecorder):
 def test_a_seal_in_slices_lets_the_next_batch_through_and_commits_only_once_it_is_complete(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    recorder = SlicedSealRecorder([])
     # Each batch's rows are distinct cards: a seal of batch 1 takes two slices.
     batches = [batch([(0, 0), (0, 1)]), batch([(0, 2), (0, 3)]), batch([(0, 4)])]
-    loop, _, producer, events = scripted_loop(
-        tmp_path,
-        monkeypatch,
-        batches,
-        max_transactions=5,
-        extensions=[recorder],
-        state={"commit_interval_ms": 0},
-    )
-    recorder.events = events
-    producer.acks_on_poll = True
-    loop.run()
+    _, _, producer, events = run_with_seals(tmp_path, monkeypatch, 0, SlicedSealRecorder([]), batches)
     kinds = [e[0] if e[0] != "produce" or e[1] != "changelog" else "changelog" for e in events]
     kinds = [k for k in kinds if k in ("batch_produce", "begin_seal", "changelog", "sealed", "commit")]
     # Batch 2 is routed between the first and the second slice of batch 1's seal; batch 1's offsets
