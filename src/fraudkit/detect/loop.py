@@ -3,7 +3,7 @@
     while bounds not reached:  extensions.between_batches(); holder.swap()
                                messages = committer.next_messages()
                                committer.submit(score_batch(messages))   # outputs.route inside
-                               labels.poll(); tick (expiry, status)
+                               labels.poll(after_batch); tick (expiry, status)
 
 Delivery guarantees live in the committer chosen once per run (detect/commit.py): at-least-once
 commits offsets after the outputs are acknowledged; exactly-once puts each batch in a Kafka
@@ -133,7 +133,7 @@ class DetectLoop:
                 else:
                     # Nothing new: commit what is acknowledged so offsets do not wait for traffic.
                     self.committer.settle(block=False)
-                self.labels.poll()
+                self.labels.poll(after_batch=len(messages))
                 self._tick()
             self.summary.stopped_because = reason
         except BaseException:

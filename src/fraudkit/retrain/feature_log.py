@@ -283,11 +283,14 @@ class FeatureLog:
 
     def spark_path(self, kind: str) -> str:
         """The directory of `rows` or `labels` as Spark reads it (the URL's scheme kept)."""
-        directory = self.rows_dir if kind == "rows" else self.labels_dir
+        return self.spark_url(self.rows_dir if kind == "rows" else self.labels_dir)
+
+    def spark_url(self, path: str) -> str:
+        """A path of this log's filesystem as Spark reads it (the URL's scheme kept)."""
         if "://" not in self.url:
-            return directory
+            return path
         scheme = self.url.split("://", 1)[0]
-        return f"{scheme}://{directory}"
+        return f"{scheme}://{path}"
 
 
 def pa_array(values: np.ndarray) -> Any:

@@ -234,8 +234,27 @@ def worker_spark_config(config: FraudkitConfig) -> SparkConfig:
     return spark.model_copy(update=update)
 
 
+def _read_log(spark: Any, path: str, schema_file: str | None) -> Any:
+    """A feature-log directory as a Spark DataFrame, its schema taken from schema_file when given.
+
+    Inferred from the files Spark samples, a schema can come from none: a day directory pruned
+    (by a detector, behind the horizon) between Spark's listing and its footer reads left nothing
+    to infer from (UNABLE_TO_INFER_SCHEMA, seen in a demo). The newest file's day is never pruned.
+    Files missing at read time are skipped (spark.sql.files.ignoreMissingFiles).
+    """
+    reader = spark.read.option("basePath", path)
+    if schema_file is not None:
+        reader = reader.schema(spark.read.parquet(schema_file).schema)
+    return reader.parquet(path)
+
+
 def read_window(
-    spark: Any, rows_path: str, labels_path: str, feature_names: Sequence[str], window_rows: int
+    spark: Any,
+    rows_path: str,
+    labels_path: str,
+    feature_names: Sequence[str],
+    window_rows: int,
+    schema_files: tuple[str, str] | None = None,
 ) -> pd.DataFrame:
     """The most recent `window_rows` logged rows that have a label (one per transaction), oldest first.
 
@@ -248,8 +267,9 @@ def read_window(
 
     from fraudkit.model.train import KEY_COLUMNS
 
-    rows = spark.read.option("basePath", rows_path).parquet(rows_path).drop("day")
-    labels = spark.read.option("basePath", labels_path).parquet(labels_path).where(F.col("label").isin(0, 1))
+    rows_schema, labels_schema = schema_files or (None, None)
+    rows = _read_log(spark, rows_path, rows_schema).drop("day")
+    labels = _read_log(spark, labels_path, labels_schema).where(F.col("label").isin(0, 1))
     newest_row = Window.partitionBy("transaction_id").orderBy(F.col("scored_ms").desc(), F.col("detector"))
     rows = rows.withColumn("_rank", F.row_number().over(newest_row)).where(F.col("_rank") == 1).drop("_rank")
     newest_label = Window.partitionBy("transaction_id").orderBy(
@@ -306,7 +326,12 @@ def run_job(job: dict[str, Any], log: Callable[[str], None] = print) -> dict[str
     try:
         phase = time.perf_counter()
         table = read_window(
-            spark, log_store.spark_path("rows"), log_store.spark_path("labels"), names, retrain.window_rows
+            spark,
+            log_store.spark_path("rows"),
+            log_store.spark_path("labels"),
+            names,
+            retrain.window_rows,
+            (log_store.spark_url(row_files[-1].path), log_store.spark_url(label_files[-1].path)),
         )
         timings["read_s"] = time.perf_counter() - phase
     finally:

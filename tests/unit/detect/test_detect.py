@@ -639,6 +639,30 @@ def test_revocation_commits_the_batch_in_flight_first(
     assert loop.assigned == {1}
 
 
+def test_labels_per_poll_follow_the_batch_just_scored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Applying 5,000 labels at once held the loop 15-20 ms: after a batch it takes at most
+    # LABELS_PER_POLL or twice the batch, and more only after a turn without transactions.
+    from fraudkit.detect import labels as label_feed
+
+    batches = [batch([(0, offset)]) for offset in range(3)]
+    batches.append(batch([(0, offset) for offset in range(3, 3 + 400)]))
+    loop, _, _, _ = scripted_loop(tmp_path, monkeypatch, batches)  # until idle
+    asked: list[int] = []
+    consume = loop.labels.consumer.consume
+
+    def recording(count: int, timeout: float) -> list[Any]:
+        asked.append(count)
+        return consume(count, timeout)
+
+    monkeypatch.setattr(loop.labels.consumer, "consume", recording)
+    loop.run()
+    per_batch = [count for count in asked if count != label_feed.LABELS_PER_IDLE_POLL]
+    assert per_batch == [label_feed.LABELS_PER_POLL] * 3 + [800]
+    assert label_feed.LABELS_PER_IDLE_POLL in asked  # turns without a batch (the idle tail)
+
+
 class SealRecorder(DetectExtension):
     """Notes the cards each batch changed and writes one 'changelog' record per card at each seal."""
 
