@@ -204,12 +204,17 @@ class AckCommitter(_CommitterBase):
         self.router.route(batch)
         self.undelivered.append(batch.produced_ms)
         if self.open is None:
-            self.open = _Span(dict(batch.offsets), [batch], time.monotonic(), len(batch.messages))
-        else:
-            self.open.add(batch)
-        if self._overdue():
-            self._seal(at_once=True)
-        elif time.monotonic() - self.last_seal >= self.settings.seal_interval_s:
+            self.open = _Span({}, [], time.monotonic())
+        self.open.add(batch)
+        self._advance_seal(at_once=False)
+
+    def _advance_seal(self, at_once: bool) -> None:
+        """Seal the open batches when due, all at once when `at_once` or past the bound; else write
+        the next slice of a seal in progress."""
+        if at_once or self._overdue():
+            if self.open is not None or self.sealing is not None:
+                self._seal(at_once=True)
+        elif self.open is not None and time.monotonic() - self.last_seal >= self.settings.seal_interval_s:
             self._seal()
         elif self.sealing is not None:
             self._seal_step()
@@ -293,13 +298,7 @@ class AckCommitter(_CommitterBase):
         now, so acknowledgements arrive while the next batch is scored. Past MAX_UNSETTLED_BATCHES
         or MAX_UNSETTLED_S it waits, which bounds what a crash makes the group re-process.
         """
-        if block or self._overdue():
-            if self.open is not None or self.sealing is not None:
-                self._seal(at_once=True)
-        elif self.open is not None and time.monotonic() - self.last_seal >= self.settings.seal_interval_s:
-            self._seal()
-        elif self.sealing is not None:
-            self._seal_step()
+        self._advance_seal(at_once=block)
         self._commit_sealed(block, close_by)
 
     def _commit_sealed(self, block: bool, close_by: float | None = None) -> None:
