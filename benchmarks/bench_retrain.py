@@ -1,7 +1,7 @@
 """Live retraining: detector latency while a retraining runs, and time from the N-th label to the new model.
 
 Run: .venv/bin/python benchmarks/bench_retrain.py [--rate 5000] [--labels 100000] [--partitions 1]
-     [--max-retrain-seconds 400] [--keep DIR] [--no-warm-topics]
+     [--max-retrain-seconds 400] [--keep DIR] [--no-warm-topics] [--window-reader spark|arrow]
 
 Starts its own broker per engine (--engines, default kafka,tansu) and a temporary registry holding
 v1 (a [64, 32] MLP with random weights normalised on the stream, so a trained challenger beats it).
@@ -13,7 +13,7 @@ one's label 2 s later, with the project's producer settings. Topics have --parti
 
 1. Baseline: from 5 s after the start until the --labels-th label. Scored rows and labels flow
    into the feature log, but nothing retrains yet.
-2. Retraining: the --labels-th logged label triggers the retraining process (Spark joins the
+2. Retraining: the --labels-th logged label triggers the retraining process (Spark, or pyarrow with --window-reader arrow, joins the
    window of --labels rows, PyTorch trains retrain.epochs epochs, champion/challenger on the newest 20%,
    registry, announcement, swap). Transactions and labels keep flowing at the same rates until the
    new model serves plus 5 s (or --max-retrain-seconds).
@@ -265,6 +265,12 @@ def main() -> None:
         help="do not write one record to each partition of the control, fraud and dead-letter topics "
         "before a pass (their first write then stalls the broker inside the run)",
     )
+    parser.add_argument(
+        "--window-reader",
+        choices=["spark", "arrow"],
+        default="spark",
+        help="retrain.window_reader of the detector (spark: the default; arrow: pyarrow in the worker, no JVM)",
+    )
     add_engines_argument(parser)
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()}", flush=True)
@@ -300,6 +306,7 @@ def run(bootstrap: str, workdir: Path, args: argparse.Namespace, control_for_s: 
             # The control pass never reaches its trigger: same feature log, no retraining.
             "retrain.every_labels": args.labels if control_for_s is None else 10**9,
             "retrain.window_rows": args.labels,
+            "retrain.window_reader": args.window_reader,
             "topics.transactions_partitions": args.partitions,
             "topics.partitions": args.partitions,
         },

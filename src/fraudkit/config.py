@@ -315,6 +315,7 @@ class RetrainConfig(Section):
     every_labels: int = Field(20000, gt=0)
     every_seconds: float | None = Field(None, gt=0, le=MAX_DURATION_S)
     window_rows: int = Field(200_000, gt=0)
+    window_reader: Literal["spark", "arrow"] = "spark"
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     metric: Literal["average_precision", "roc_auc"] = "average_precision"
     min_improvement: float = 0.0

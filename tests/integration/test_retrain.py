@@ -249,10 +249,11 @@ def control_events(config: FraudkitConfig) -> list[dict[str, Any]]:
     return read_all(config, config.topics.control)
 
 
+@pytest.mark.parametrize("window_reader", ["spark", "arrow"])
 def test_a_better_challenger_is_published_and_swapped_in_without_a_gap(
-    retrain_config: FraudkitConfig,
+    retrain_config: FraudkitConfig, window_reader: str
 ) -> None:
-    config = retrain_config
+    config = overridden(retrain_config, {"retrain.window_reader": window_reader})
     watch = VerdictWatch(config)
     keep_producing = threading.Event()
     produced: list[int] = []
@@ -294,6 +295,7 @@ def test_a_better_challenger_is_published_and_swapped_in_without_a_gap(
     assert event["rows"] == {"window": 2000, "train": 1280, "valid": 320, "holdout": 400}
     assert event["metrics"]["average_precision"] > event["champion_metrics"]["average_precision"]
     assert event["champion_version"] == "v1"
+    assert ("spark_start_s" in event["timings"]) == (window_reader == "spark")  # the reader asked for
     assert summary.model_versions == ["v1", "v2"]
     assert summary.retrains == 1 and summary.last_retrain is not None
     assert summary.last_retrain["version"] == "v2"

@@ -7,7 +7,9 @@ JOB_DIR/result.json atomically. A result is always written for errors it can nam
 diverged training, ...); a crash leaves no result and the detector reports the exit code and log.
 
 The window: Spark joins each logged label to its transaction's logged row (one of each per
-transaction, however late the label came and whoever scored it: `read_window`), keeps the most recent
+transaction, however late the label came and whoever scored it: `read_window`; or, with
+`retrain.window_reader: arrow`, pyarrow in this process, newest event day first:
+`read_window_arrow`), keeps the most recent
 `retrain.window_rows` by event time, then in time order the oldest part trains, the next
 `holdout_fraction` of it validates (early stopping and threshold, as in `fraudkit train`), and
 the most recent `holdout_fraction` of the window is held out for champion/challenger.
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 
     from fraudkit.detect import Scorer
     from fraudkit.model.train import EpochReport, FitResult
+    from fraudkit.retrain.feature_log import FeatureLog, LogFile
 
 JOB_FILE = "job.json"
 RESULT_FILE = "result.json"
@@ -287,6 +290,81 @@ def read_window(
     return table.sort_values(["event_time_ms", "transaction_id"], kind="mergesort").reset_index(drop=True)
 
 
+def _read_day(log_store: FeatureLog, files: Sequence[LogFile], only_ids: Any = None) -> pd.DataFrame | None:
+    """One day's files of the log as one frame (rows of `only_ids` only, when given); None if none is left.
+
+    A file deleted meanwhile (its day pruned behind the horizon) is skipped, as Spark's
+    ignoreMissingFiles does. Filtered file by file, so a day's unlabelled rows are never all in memory.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    tables = []
+    for item in files:
+        try:
+            table = pq.read_table(item.path, filesystem=log_store.fs)
+        except FileNotFoundError:
+            continue
+        if only_ids is not None:
+            table = table.filter(pc.is_in(table["transaction_id"], value_set=only_ids))
+        tables.append(table)
+    if not tables:
+        return None
+    return pa.concat_tables(tables).to_pandas()
+
+
+def read_window_arrow(log_store: FeatureLog, feature_names: Sequence[str], window_rows: int) -> pd.DataFrame:
+    """`read_window`'s window, read in this process with pyarrow: no JVM, for a log one machine can read.
+
+    Labels are logged under their transaction's event day (`Label.event_time_ms`), as its rows are,
+    so day d's labels join day d's rows; days are read newest first until the window is full, so
+    memory holds one day's labels and the labelled rows of the days read, however long the log.
+    The same rules as the Spark join: a transaction's latest row (scored_ms, then detector), its
+    latest label (labelled_ms, unset last, then detector), labels 0 or 1 only. Unlike it, a label
+    whose event_time_ms is not its transaction's finds no row (tests compare the two windows).
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    from fraudkit.model.train import KEY_COLUMNS
+
+    rows_by_day: dict[str, list[LogFile]] = {}
+    for item in log_store.files("rows"):
+        rows_by_day.setdefault(item.day, []).append(item)
+    labels_by_day: dict[str, list[LogFile]] = {}
+    for item in log_store.files("labels"):
+        labels_by_day.setdefault(item.day, []).append(item)
+    columns = [*KEY_COLUMNS, *feature_names]
+    joined: list[pd.DataFrame] = []
+    found = 0
+    for day in sorted(set(rows_by_day) & set(labels_by_day), reverse=True):
+        labels = _read_day(log_store, labels_by_day[day])
+        if labels is None:
+            continue
+        labels = labels[labels["label"].isin([0, 1])]
+        labels = labels.sort_values(
+            ["labelled_ms", "detector"], ascending=[False, True], na_position="last", kind="mergesort"
+        ).drop_duplicates("transaction_id")
+        rows = _read_day(log_store, rows_by_day[day], pa.array(labels["transaction_id"], pa.string()))
+        if rows is None or rows.empty:
+            continue
+        rows = rows.sort_values(["scored_ms", "detector"], ascending=[False, True], kind="mergesort")
+        rows = rows.drop_duplicates("transaction_id")
+        day_window = rows.merge(labels[["transaction_id", "label"]], on="transaction_id", how="inner")
+        joined.append(day_window[columns])
+        found += len(day_window)
+        if found >= window_rows:
+            break
+    if not joined:
+        return pd.DataFrame({name: [] for name in columns})
+    table = pd.concat(joined, ignore_index=True)
+    table = table.sort_values(["event_time_ms", "transaction_id"], ascending=False, kind="mergesort")
+    table = table.head(window_rows).copy()
+    table["label"] = table["label"].astype(np.int64)
+    return table.sort_values(["event_time_ms", "transaction_id"], kind="mergesort").reset_index(drop=True)
+
+
 def run_job(job: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run one retraining job (Spark window, fit, champion/challenger, registry); returns its result."""
     from fraudkit.data.spark import spark_session
@@ -320,22 +398,30 @@ def run_job(job: dict[str, Any], log: Callable[[str], None] = print) -> dict[str
         "logged_labels": sum(item.rows for item in label_files),
     }
 
-    phase = time.perf_counter()
-    spark = spark_session(worker_spark_config(config), app_name="fraudkit-retrain")
-    timings["spark_start_s"] = time.perf_counter() - phase
-    try:
+    if retrain.window_reader == "arrow":
+        import pyarrow as pa
+
+        pa.set_cpu_count(retrain.worker_threads)
         phase = time.perf_counter()
-        table = read_window(
-            spark,
-            log_store.spark_path("rows"),
-            log_store.spark_path("labels"),
-            names,
-            retrain.window_rows,
-            (log_store.spark_url(row_files[-1].path), log_store.spark_url(label_files[-1].path)),
-        )
+        table = read_window_arrow(log_store, names, retrain.window_rows)
         timings["read_s"] = time.perf_counter() - phase
-    finally:
-        spark.stop()
+    else:
+        phase = time.perf_counter()
+        spark = spark_session(worker_spark_config(config), app_name="fraudkit-retrain")
+        timings["spark_start_s"] = time.perf_counter() - phase
+        try:
+            phase = time.perf_counter()
+            table = read_window(
+                spark,
+                log_store.spark_path("rows"),
+                log_store.spark_path("labels"),
+                names,
+                retrain.window_rows,
+                (log_store.spark_url(row_files[-1].path), log_store.spark_url(label_files[-1].path)),
+            )
+            timings["read_s"] = time.perf_counter() - phase
+        finally:
+            spark.stop()
     if table.empty:
         raise RetrainFailed(f"no label in the feature log {log_store.url} matches a logged row yet")
     log(f"window: {len(table):,} labelled rows ({int(table['label'].sum()):,} frauds)")

@@ -33,7 +33,14 @@ from fraudkit.retrain.extension import (
     outcome_summary,
 )
 from fraudkit.retrain.feature_log import FeatureLog
-from fraudkit.retrain.worker import RetrainFailed, decide, read_window, run_contest, split_window
+from fraudkit.retrain.worker import (
+    RetrainFailed,
+    decide,
+    read_window,
+    read_window_arrow,
+    run_contest,
+    split_window,
+)
 from fraudkit.schema import Label, Transaction
 
 START_MS = 1_767_225_600_000
@@ -190,6 +197,88 @@ def test_the_spark_join_takes_late_labels_from_any_detector_once(log_url: str, s
     newest = tuple(scorer.spark_url(scorer.files(kind)[-1].path) for kind in ("rows", "labels"))
     same = read_window(spark, rows_path, labels_path, ["index", "double"], 10, newest)  # type: ignore[arg-type]
     assert same.equals(table)
+
+
+FIVE_HOURS_MS = 5 * 3_600_000
+
+
+def multi_day_log(log_url: str) -> FeatureLog:
+    """Two scorers' rows over five event days (tx-i at i x 5 h) and labels from two detectors.
+
+    Replays (a newer row; a tie on scored_ms, broken by detector), a relabel (the later
+    labelled_ms wins), a label without labelled_ms (loses to any with one), a label value other
+    than 0/1, labels without a row, rows without a label.
+    """
+
+    def txs(indices: list[int]) -> list[Transaction]:
+        return [
+            Transaction(f"tx-{i:05d}", START_MS + i * FIVE_HOURS_MS, card_id=f"card-{i % 3}", amount=float(i))
+            for i in indices
+        ]
+
+    def labelled(i: int, value: int, labelled_ms: int | None) -> Label:
+        return Label(f"tx-{i:05d}", START_MS + i * FIVE_HOURS_MS, value, labelled_ms=labelled_ms)
+
+    a, b = FeatureLog(log_url, LOG_SPEC, "a"), FeatureLog(log_url, LOG_SPEC, "b")
+    first, second = txs(list(range(12))), txs(list(range(12, 22)))
+    a.add_rows(first, features_of(first), np.zeros(12), "v1", 100)
+    b.add_rows(second, features_of(second), np.zeros(10), "v1", 100)
+    b.add_rows(txs([3]), features_of(txs([3])) + 0.5, np.zeros(1), "v1", 200)  # the newer row
+    a.add_rows(txs([14]), features_of(txs([14])) + 0.25, np.zeros(1), "v1", 100)  # tie: a before b
+    plain = [labelled(i, i % 2, 1_000) for i in range(24) if i not in (5, 7, 9, 16)]  # 22, 23: no row
+    a.add_labels([*plain, labelled(5, 0, 1_000), labelled(7, 1, None), labelled(9, 2, 1_000)])
+    b.add_labels([labelled(5, 1, 2_000), labelled(7, 0, 500)])
+    for log in (a, b):
+        log.write(*log.take())
+    return a
+
+
+def test_the_arrow_window_applies_the_join_rules(log_url: str) -> None:
+    log = multi_day_log(log_url)
+    table = read_window_arrow(log, ["index", "double"], 100)
+    ids = [int(name[3:]) for name in table["transaction_id"]]
+    assert ids == [i for i in range(22) if i not in (9, 16)]  # 9: label 2; 16: no label; 22, 23: no row
+    by_id = dict(zip(ids, zip(table["label"], table["index"], strict=True), strict=True))
+    assert by_id[3] == (1, 3.5) and by_id[14] == (0, 14.25)  # the newer row; the tie goes to a
+    assert by_id[5][0] == 1 and by_id[7][0] == 0  # the later labelled_ms; unset loses
+    assert table["label"].dtype == np.int64 and list(table.columns[:4]) == [
+        "transaction_id",
+        "event_time_ms",
+        "card_id",
+        "label",
+    ]
+    assert table["event_time_ms"].is_monotonic_increasing
+    newest = read_window_arrow(log, ["index", "double"], 5)
+    assert [int(name[3:]) for name in newest["transaction_id"]] == [17, 18, 19, 20, 21]
+
+
+def test_the_arrow_window_reads_only_the_days_it_needs(log_url: str, tmp_path: Path) -> None:
+    log = multi_day_log(log_url)
+    oldest = log.files("rows")[0]
+    assert oldest.day == "2026-01-01"
+    Path(oldest.path).write_bytes(b"not parquet")  # only a read of the oldest day can fail
+    assert len(read_window_arrow(log, ["index", "double"], 5)) == 5  # the newest day suffices
+    with pytest.raises(Exception, match=r"(?i)parquet"):
+        read_window_arrow(log, ["index", "double"], 100)
+    # A file gone between the listing and the read (its day pruned meanwhile) is skipped: of the
+    # oldest day, only tx-00003's newer row (scorer b's file) is left.
+    Path(oldest.path).unlink()
+    table = read_window_arrow(log, ["index", "double"], 100)
+    assert [int(name[3:]) for name in table["transaction_id"]] == [
+        3,
+        *(i for i in range(5, 22) if i not in (9, 16)),
+    ]
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("window_rows", [3, 11, 100])
+def test_the_arrow_and_spark_windows_are_the_same(log_url: str, spark: Any, window_rows: int) -> None:
+    log = multi_day_log(log_url)
+    expected = read_window(
+        spark, log.spark_path("rows"), log.spark_path("labels"), ["index", "double"], window_rows
+    )
+    assert len(expected) == min(window_rows, 20)
+    pd.testing.assert_frame_equal(read_window_arrow(log, ["index", "double"], window_rows), expected)
 
 
 def test_policy_is_due_every_n_labels_or_after_the_interval_with_new_labels() -> None:
