@@ -314,7 +314,7 @@ class RetrainJob:
         command: Sequence[str] | None = None,
     ) -> RetrainJob:
         """Write the job file and start `python -m fraudkit.retrain.worker JOB_DIR` in its own process group."""
-        from fraudkit.retrain.worker import JOB_FILE, LOG_FILE
+        from fraudkit.retrain.worker import JOB_FILE, LOG_FILE, lower_priority
 
         # Private (0700): the job file holds the whole config, Kafka credentials included.
         directory = Path(tempfile.mkdtemp(prefix="fraudkit-retrain-"))
@@ -336,6 +336,7 @@ class RetrainJob:
                 start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+        lower_priority(process.pid)
         return cls(directory, process, config.retrain.job_timeout_s, job)
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 import threading
@@ -501,6 +502,21 @@ def test_job_returns_the_result_the_process_wrote(config: FraudkitConfig) -> Non
     )
     assert result["seconds"] > 0
     assert not job.directory.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_detector_lowers_the_workers_priority_as_it_starts(config: FraudkitConfig) -> None:
+    # The command never lowers its own priority: what it reports is what the detector set.
+    report = (
+        "import json, os, pathlib, sys, time; time.sleep(0.5); "
+        "pathlib.Path(sys.argv[1], 'result.json').write_text(json.dumps({'outcome': 'rejected', "
+        "'policy': os.sched_getscheduler(0), 'nice': os.getpriority(os.PRIO_PROCESS, 0)}))"
+    )
+    job = RetrainJob.launch(config, SPEC, "v3", "t-1", command=[sys.executable, "-c", report])
+
+    result = wait_result(job)
+
+    assert result["policy"] == os.SCHED_IDLE and result["nice"] >= 10
 
 
 def test_a_crashed_process_is_a_failure_with_its_output(config: FraudkitConfig) -> None:
