@@ -421,6 +421,9 @@ def report(args: argparse.Namespace, retraining: Pass, control: Pass) -> None:
 
     print("latency produced -> verdict created:")
     print("  " + line(f"before the N-th label (s 5-{nth:.0f})", before, nth - 5.0))
+    # Neither pass retrains yet: a difference here is the passes' order or the machine, not retraining.
+    control_before = control.latencies(5.0, nth)
+    print("  " + line(f"control pass, the same seconds (s 5-{nth:.0f})", control_before, nth - 5.0))
     print("  " + line(f"while the retraining ran (s {job[0]:.0f}-{job[1]:.0f})", during, job[1] - job[0]))
     print("  " + line("control pass over the same seconds, no retraining", same_seconds, job[1] - job[0]))
     step = 5.0
