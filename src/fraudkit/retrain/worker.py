@@ -319,6 +319,13 @@ def _read_day(log_store: FeatureLog, files: Sequence[LogFile], only_ids: Any = N
     return pa.concat_tables(tables).to_pandas()
 
 
+def _files_by_day(files: Sequence[LogFile]) -> dict[str, list[LogFile]]:
+    by_day: dict[str, list[LogFile]] = {}
+    for item in files:
+        by_day.setdefault(item.day, []).append(item)
+    return by_day
+
+
 def read_window_arrow(log_store: FeatureLog, feature_names: Sequence[str], window_rows: int) -> pd.DataFrame:
     """`read_window`'s window, read in this process with pyarrow: no JVM, for a log one machine can read.
 
@@ -334,12 +341,7 @@ def read_window_arrow(log_store: FeatureLog, feature_names: Sequence[str], windo
 
     from fraudkit.model.train import KEY_COLUMNS
 
-    rows_by_day: dict[str, list[LogFile]] = {}
-    for item in log_store.files("rows"):
-        rows_by_day.setdefault(item.day, []).append(item)
-    labels_by_day: dict[str, list[LogFile]] = {}
-    for item in log_store.files("labels"):
-        labels_by_day.setdefault(item.day, []).append(item)
+    rows_by_day, labels_by_day = (_files_by_day(log_store.files(kind)) for kind in ("rows", "labels"))
     columns = [*KEY_COLUMNS, *feature_names]
     joined: list[pd.DataFrame] = []
     found = 0
@@ -371,7 +373,7 @@ def read_window_arrow(log_store: FeatureLog, feature_names: Sequence[str], windo
 
 
 def run_job(job: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run one retraining job (Spark window, fit, champion/challenger, registry); returns its result."""
+    """Run one retraining job (window, fit, champion/challenger, registry); returns its result."""
     from fraudkit.data.spark import spark_session
     from fraudkit.model.registry import Registry
     from fraudkit.model.train import data_fingerprint, drift_reference
