@@ -267,7 +267,7 @@ class FeatureLog:
         """Complete files of `rows` or `labels`, oldest day first."""
         import pyarrow.fs as pafs
 
-        directory = self.rows_dir if kind == "rows" else self.labels_dir
+        directory = self._directory(kind)
         found: list[LogFile] = []
         for day, path in self._days(directory):
             try:
@@ -283,7 +283,10 @@ class FeatureLog:
 
     def spark_path(self, kind: str) -> str:
         """The directory of `rows` or `labels` as Spark reads it (the URL's scheme kept)."""
-        return self.spark_url(self.rows_dir if kind == "rows" else self.labels_dir)
+        return self.spark_url(self._directory(kind))
+
+    def _directory(self, kind: str) -> str:
+        return self.rows_dir if kind == "rows" else self.labels_dir
 
     def spark_url(self, path: str) -> str:
         """A path of this log's filesystem as Spark reads it (the URL's scheme kept)."""

@@ -326,8 +326,16 @@ def _files_by_day(files: Sequence[LogFile]) -> dict[str, list[LogFile]]:
     return by_day
 
 
-def read_window_arrow(log_store: FeatureLog, feature_names: Sequence[str], window_rows: int) -> pd.DataFrame:
+def read_window_arrow(
+    log_store: FeatureLog,
+    row_files: Sequence[LogFile],
+    label_files: Sequence[LogFile],
+    feature_names: Sequence[str],
+    window_rows: int,
+) -> pd.DataFrame:
     """`read_window`'s window, read in this process with pyarrow: no JVM, for a log one machine can read.
+
+    row_files, label_files: the log's listing (`FeatureLog.files`), taken once by the caller.
 
     Labels are logged under their transaction's event day (`Label.event_time_ms`), as its rows are,
     so day d's labels join day d's rows; days are read newest first until the window is full, so
@@ -341,7 +349,7 @@ def read_window_arrow(log_store: FeatureLog, feature_names: Sequence[str], windo
 
     from fraudkit.model.train import KEY_COLUMNS
 
-    rows_by_day, labels_by_day = (_files_by_day(log_store.files(kind)) for kind in ("rows", "labels"))
+    rows_by_day, labels_by_day = _files_by_day(row_files), _files_by_day(label_files)
     columns = [*KEY_COLUMNS, *feature_names]
     joined: list[pd.DataFrame] = []
     found = 0
@@ -410,7 +418,7 @@ def run_job(job: dict[str, Any], log: Callable[[str], None] = print) -> dict[str
 
         pa.set_cpu_count(retrain.worker_threads)
         phase = time.perf_counter()
-        table = read_window_arrow(log_store, names, retrain.window_rows)
+        table = read_window_arrow(log_store, row_files, label_files, names, retrain.window_rows)
         timings["read_s"] = time.perf_counter() - phase
     else:
         phase = time.perf_counter()

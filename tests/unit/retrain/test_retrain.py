@@ -234,9 +234,17 @@ def multi_day_log(log_url: str) -> FeatureLog:
     return a
 
 
+def arrow_window(
+    log: FeatureLog, window_rows: int, listing: tuple[list[Any], list[Any]] | None = None
+) -> pd.DataFrame:
+    """read_window_arrow over `listing` (the log's files now, when not given), as run_job calls it."""
+    row_files, label_files = listing or (log.files("rows"), log.files("labels"))
+    return read_window_arrow(log, row_files, label_files, ["index", "double"], window_rows)
+
+
 def test_the_arrow_window_applies_the_join_rules(log_url: str) -> None:
     log = multi_day_log(log_url)
-    table = read_window_arrow(log, ["index", "double"], 100)
+    table = arrow_window(log, 100)
     ids = [int(name[3:]) for name in table["transaction_id"]]
     assert ids == [i for i in range(22) if i not in (9, 16)]  # 9: label 2; 16: no label; 22, 23: no row
     by_id = dict(zip(ids, zip(table["label"], table["index"], strict=True), strict=True))
@@ -249,7 +257,7 @@ def test_the_arrow_window_applies_the_join_rules(log_url: str) -> None:
         "label",
     ]
     assert table["event_time_ms"].is_monotonic_increasing
-    newest = read_window_arrow(log, ["index", "double"], 5)
+    newest = arrow_window(log, 5)
     assert [int(name[3:]) for name in newest["transaction_id"]] == [17, 18, 19, 20, 21]
 
 
@@ -258,13 +266,14 @@ def test_the_arrow_window_reads_only_the_days_it_needs(log_url: str, tmp_path: P
     oldest = log.files("rows")[0]
     assert oldest.day == "2026-01-01"
     Path(oldest.path).write_bytes(b"not parquet")  # only a read of the oldest day can fail
-    assert len(read_window_arrow(log, ["index", "double"], 5)) == 5  # the newest day suffices
+    assert len(arrow_window(log, 5)) == 5  # the newest day suffices
     with pytest.raises(Exception, match=r"(?i)parquet"):
-        read_window_arrow(log, ["index", "double"], 100)
+        arrow_window(log, 100)
     # A file gone between the listing and the read (its day pruned meanwhile) is skipped: of the
     # oldest day, only tx-00003's newer row (scorer b's file) is left.
+    listing = (log.files("rows"), log.files("labels"))
     Path(oldest.path).unlink()
-    table = read_window_arrow(log, ["index", "double"], 100)
+    table = arrow_window(log, 100, listing)
     assert [int(name[3:]) for name in table["transaction_id"]] == [
         3,
         *(i for i in range(5, 22) if i not in (9, 16)),
@@ -279,7 +288,7 @@ def test_the_arrow_and_spark_windows_are_the_same(log_url: str, spark: Any, wind
         spark, log.spark_path("rows"), log.spark_path("labels"), ["index", "double"], window_rows
     )
     assert len(expected) == min(window_rows, 20)
-    pd.testing.assert_frame_equal(read_window_arrow(log, ["index", "double"], window_rows), expected)
+    pd.testing.assert_frame_equal(arrow_window(log, window_rows), expected)
 
 
 def test_policy_is_due_every_n_labels_or_after_the_interval_with_new_labels() -> None:
@@ -487,13 +496,18 @@ def wait_result(job: RetrainJob, timeout_s: float = 20.0) -> dict[str, Any]:
 SPEC = {"names": ["amount"], "version": 1}
 
 
+def launch_script(config: FraudkitConfig, code: str, champion: str = "v3") -> RetrainJob:
+    """A retraining job whose process is `python -c code` (JOB_DIR is its sys.argv[1])."""
+    return RetrainJob.launch(config, SPEC, champion, "t-1", command=[sys.executable, "-c", code])
+
+
 def test_job_returns_the_result_the_process_wrote(config: FraudkitConfig) -> None:
     writer = (
         "import json, pathlib, sys; job = json.loads(pathlib.Path(sys.argv[1], 'job.json').read_text()); "
         "pathlib.Path(sys.argv[1], 'result.json').write_text(json.dumps("
         "{'outcome': 'rejected', 'version': 'v9', 'champion_version': job['champion_version']}))"
     )
-    job = RetrainJob.launch(config, SPEC, "v3", "t-1", command=[sys.executable, "-c", writer])
+    job = launch_script(config, writer)
 
     result = wait_result(job)
 
@@ -512,7 +526,7 @@ def test_the_detector_lowers_the_workers_priority_as_it_starts(config: FraudkitC
         "pathlib.Path(sys.argv[1], 'result.json').write_text(json.dumps({'outcome': 'rejected', "
         "'policy': os.sched_getscheduler(0), 'nice': os.getpriority(os.PRIO_PROCESS, 0)}))"
     )
-    job = RetrainJob.launch(config, SPEC, "v3", "t-1", command=[sys.executable, "-c", report])
+    job = launch_script(config, report)
 
     result = wait_result(job)
 
@@ -521,7 +535,7 @@ def test_the_detector_lowers_the_workers_priority_as_it_starts(config: FraudkitC
 
 def test_a_crashed_process_is_a_failure_with_its_output(config: FraudkitConfig) -> None:
     crash = "import sys; print('spark exploded'); sys.exit(3)"
-    job = RetrainJob.launch(config, SPEC, "v3", "t-1", command=[sys.executable, "-c", crash])
+    job = launch_script(config, crash)
 
     result = wait_result(job)
 
@@ -531,9 +545,7 @@ def test_a_crashed_process_is_a_failure_with_its_output(config: FraudkitConfig) 
 
 def test_a_job_past_its_timeout_is_killed_and_fails(config: FraudkitConfig) -> None:
     config = overridden(config, {"retrain.job_timeout_s": 0.5})
-    job = RetrainJob.launch(
-        config, SPEC, "v3", "t-1", command=[sys.executable, "-c", "import time; time.sleep(60)"]
-    )
+    job = launch_script(config, "import time; time.sleep(60)")
 
     result = wait_result(job)
 
@@ -561,7 +573,7 @@ def stopping_trainer(
     trainer.holder = ModelHolder(RuleModel(900.0, spec.names), spec)
     trainer.instance_id, trainer.log = "t-1", logs.append
     trainer._producer = announced  # type: ignore[assignment]
-    job = RetrainJob.launch(config, SPEC, "rules", "t-1", command=[sys.executable, "-c", worker])
+    job = launch_script(config, worker, champion="rules")
     trainer._job = job
     trainer._thread = threading.Thread(target=trainer._work, daemon=True)
     trainer._thread.start()
