@@ -327,7 +327,16 @@ class RetrainConfig(Section):
     feature_log_flush_s: float = Field(30.0, gt=0, le=MAX_DURATION_S)
     feature_log_horizon_days: float = Field(45.0, gt=0, le=36_525)
     worker_threads: int = Field(1, gt=0)
+    worker_cpus: list[int] = Field(default_factory=list)
+    worker_cpu_share: float = Field(0.2, gt=0, le=1)
     job_timeout_s: float = Field(1800.0, gt=0, le=MAX_WAIT_S)
+
+    @field_validator("worker_cpus")
+    @classmethod
+    def _distinct_cpus(cls, value: list[int]) -> list[int]:
+        if any(cpu < 0 for cpu in value) or len(set(value)) != len(value):
+            raise ValueError("must be distinct CPU numbers (0 or more)")
+        return value
 
 
 class SinkConfig(Section):

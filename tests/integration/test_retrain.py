@@ -226,6 +226,9 @@ RETRAIN_OVERRIDES: dict[str, Any] = {
     "detect.batch_size": 500,
     "detect.quiet": True,
     "retrain.feature_log_flush_s": 0.5,
+    # Full speed: these tests are about what a retraining does, not how it shares the machine
+    # (the better-challenger test below runs within a budget).
+    "retrain.worker_cpu_share": 1.0,
 }
 
 
@@ -253,7 +256,9 @@ def control_events(config: FraudkitConfig) -> list[dict[str, Any]]:
 def test_a_better_challenger_is_published_and_swapped_in_without_a_gap(
     retrain_config: FraudkitConfig, window_reader: str
 ) -> None:
-    config = overridden(retrain_config, {"retrain.window_reader": window_reader})
+    config = overridden(
+        retrain_config, {"retrain.window_reader": window_reader, "retrain.worker_cpu_share": 0.5}
+    )
     watch = VerdictWatch(config)
     keep_producing = threading.Event()
     produced: list[int] = []
@@ -296,6 +301,7 @@ def test_a_better_challenger_is_published_and_swapped_in_without_a_gap(
     assert event["metrics"]["average_precision"] > event["champion_metrics"]["average_precision"]
     assert event["champion_version"] == "v1"
     assert ("spark_start_s" in event["timings"]) == (window_reader == "spark")  # the reader asked for
+    assert event["timings"]["paced_s"] > 0  # it kept within its CPU budget
     assert summary.model_versions == ["v1", "v2"]
     assert summary.retrains == 1 and summary.last_retrain is not None
     assert summary.last_retrain["version"] == "v2"

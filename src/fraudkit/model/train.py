@@ -190,10 +190,12 @@ def fit(
     valid_mask: np.ndarray,
     progress: Callable[[EpochReport], None] | None = None,
     top_k: int = 100,
+    step: Callable[[], None] | None = None,
 ) -> FitResult:
     """Train the MLP on the masked rows, early-stopping on validation AP; deterministic per seed.
 
     `table` needs transaction_id, event_time_ms, card_id (may be null), label and the features.
+    `step`, when given, is called after every optimiser step (live retraining paces itself there).
     """
     names = list(feature_names)
     missing = [n for n in [*names, "label", "event_time_ms", "transaction_id"] if n not in table.columns]
@@ -214,7 +216,7 @@ def fit(
             "widen --valid-days or move --train-to"
         )
     with torch_threads(train_cfg.threads):
-        return _fit(table, names, train_cfg, train_rows, valid_rows, labels, progress, top_k)
+        return _fit(table, names, train_cfg, train_rows, valid_rows, labels, progress, top_k, step)
 
 
 def _fit(
@@ -226,6 +228,7 @@ def _fit(
     labels: np.ndarray,
     progress: Callable[[EpochReport], None] | None,
     top_k: int,
+    step: Callable[[], None] | None,
 ) -> FitResult:
     import torch
 
@@ -267,6 +270,8 @@ def _fit(
             loss.backward()
             optimiser.step()
             loss_sum += float(loss.item()) * index.numel()
+            if step is not None:
+                step()
         valid_ap = average_precision(y_valid, validation_scores())
         mean_loss = loss_sum / train_rows.size
         if valid_ap > best_ap:

@@ -314,7 +314,7 @@ class RetrainJob:
         command: Sequence[str] | None = None,
     ) -> RetrainJob:
         """Write the job file and start `python -m fraudkit.retrain.worker JOB_DIR` in its own process group."""
-        from fraudkit.retrain.worker import JOB_FILE, LOG_FILE, lower_priority
+        from fraudkit.retrain.worker import JOB_FILE, LOG_FILE, confine_to_cpus, lower_priority
 
         # Private (0700): the job file holds the whole config, Kafka credentials included.
         directory = Path(tempfile.mkdtemp(prefix="fraudkit-retrain-"))
@@ -337,6 +337,7 @@ class RetrainJob:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         lower_priority(process.pid)
+        confine_to_cpus(config.retrain.worker_cpus, process.pid)
         return cls(directory, process, config.retrain.job_timeout_s, job)
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -15,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fraudkit.config import FeaturesConfig, FraudkitConfig
+from fraudkit.config import FeaturesConfig, FraudkitConfig, load_config
 from fraudkit.detect import ModelHolder
-from fraudkit.errors import DataError
+from fraudkit.errors import ConfigError, DataError
 from fraudkit.features import FeatureSpec
 from fraudkit.model.network import RuleModel
 from fraudkit.retrain import extension
@@ -35,6 +36,8 @@ from fraudkit.retrain.extension import (
 )
 from fraudkit.retrain.feature_log import FeatureLog
 from fraudkit.retrain.worker import (
+    BUDGET_BURST_S,
+    CpuBudget,
     RetrainFailed,
     decide,
     read_window,
@@ -531,6 +534,119 @@ def test_the_detector_lowers_the_workers_priority_as_it_starts(config: FraudkitC
     result = wait_result(job)
 
     assert result["policy"] == os.SCHED_IDLE and result["nice"] >= 10
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_the_detector_keeps_the_worker_on_retrain_worker_cpus(config: FraudkitConfig) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    report = (
+        "import json, os, pathlib, sys, time; time.sleep(0.5); "
+        "pathlib.Path(sys.argv[1], 'result.json').write_text(json.dumps({'outcome': 'rejected', "
+        "'cpus': sorted(os.sched_getaffinity(0))}))"
+    )
+    job = launch_script(overridden(config, {"retrain.worker_cpus": [cpu]}), report)
+
+    assert wait_result(job)["cpus"] == [cpu]
+
+
+def test_retrain_worker_cpus_are_distinct_cpu_numbers() -> None:
+    for bad in ([0, 0], [-1]):
+        with pytest.raises(ConfigError, match=r"retrain\.worker_cpus: .*distinct CPU numbers"):
+            load_config(None, {"retrain.worker_cpus": bad}, environ={})
+
+
+class FakeProcessClock:
+    """Wall clock, CPU time and sleep of a process whose work costs what `work` says."""
+
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+        self.slept: list[float] = []
+
+    def work(self, cpu_s: float) -> None:
+        self.wall += cpu_s
+        self.cpu += cpu_s
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.wall += seconds
+
+    def budget(self, share: float) -> CpuBudget:
+        return CpuBudget(share, lambda: self.wall, lambda: self.cpu, self.sleep)
+
+
+def test_a_cpu_budget_holds_steady_work_to_its_share() -> None:
+    clock = FakeProcessClock()
+    budget = clock.budget(0.25)
+
+    for _ in range(1000):
+        clock.work(0.004)
+        budget.pace()
+
+    assert clock.cpu / clock.wall == pytest.approx(0.25, rel=0.02)
+    assert budget.slept_s == pytest.approx(sum(clock.slept))
+
+
+def test_a_cpu_budget_does_not_bank_idle_time_for_a_burst_later() -> None:
+    clock = FakeProcessClock()
+    budget = clock.budget(0.2)
+    clock.wall += 30.0  # waiting on the JVM or a file: no CPU used
+    budget.pace()
+
+    clock.work(0.5)
+    budget.pace()
+
+    # Only the small burst allowance is credited: the rest of the 0.5 s is paid for at once.
+    assert clock.slept[-1] == pytest.approx((0.5 - BUDGET_BURST_S) / 0.2)
+
+
+def test_a_full_cpu_budget_never_sleeps() -> None:
+    clock = FakeProcessClock()
+    budget = clock.budget(1.0)
+
+    for _ in range(100):
+        clock.work(0.1)
+        budget.pace()
+
+    assert clock.slept == []
+
+
+def test_a_cpu_budget_paces_imports_while_active(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "fraudkit_paced_module.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    clock = FakeProcessClock()
+    budget = clock.budget(0.5)
+    clock.work(1.0)  # what the process used before the import: it is over its share
+
+    with budget.active():
+        import fraudkit_paced_module  # noqa: F401
+
+    assert clock.slept, "the import did not go through the budget"
+    assert budget._finder not in sys.meta_path
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="children are found in Linux's /proc")
+def test_a_cpu_budget_pauses_child_processes_and_always_lets_them_go() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        states = []
+        with CpuBudget(0.25).active(children=True):
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and "T" not in states:
+                states.append(process_state(child.pid))
+                time.sleep(0.007)
+        assert "T" in states, "the child was never stopped"
+        time.sleep(0.1)
+        assert process_state(child.pid) != "T"
+    finally:
+        child.kill()
+        child.wait(10)
+
+
+def process_state(pid: int) -> str:
+    """The state letter in /proc/PID/stat (R running, S sleeping, T stopped, ...)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rfind(")") + 2]
 
 
 def test_a_crashed_process_is_a_failure_with_its_output(config: FraudkitConfig) -> None:
