@@ -303,6 +303,8 @@ class RetrainJob:
         self.started = time.monotonic()
         self.timeout_s = timeout_s
         self.job = job
+        # Why the process runs elsewhere than retrain.worker_cpus asks, if it does.
+        self.warning: str | None = None
 
     @classmethod
     def launch(
@@ -337,8 +339,9 @@ class RetrainJob:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         lower_priority(process.pid)
-        confine_to_cpus(config.retrain.worker_cpus, process.pid)
-        return cls(directory, process, config.retrain.job_timeout_s, job)
+        started = cls(directory, process, config.retrain.job_timeout_s, job)
+        started.warning = confine_to_cpus(config.retrain.worker_cpus, process.pid)
+        return started
 
     @property
     def seconds(self) -> float:
@@ -661,6 +664,8 @@ class RetrainExtension(DetectExtension):
             f"retraining started after {reason}: {self.stats.buffer_rows:,} labels in the feature log, "
             f"champion {champion} (process {self._job.process.pid})"
         )
+        if self._job.warning:
+            self.log(f"retrain.worker_cpus: {self._job.warning}; the retraining runs on the detector's CPUs")
 
     def _load_and_offer(self, version: str, trainer: Any) -> None:
         from fraudkit.errors import ModelError

@@ -21,7 +21,6 @@ import contextlib
 import json
 import math
 import os
-import signal
 import sys
 import threading
 import time
@@ -87,20 +86,18 @@ def confine_to_cpus(cpus: Sequence[int], pid: int = 0) -> str | None:
 # The share is kept over short stretches: what the process saves while it waits (on the JVM, on a
 # file) is not spent afterwards as a burst at full speed, the burst being what delays a scorer.
 BUDGET_BURST_S = 0.02
-# A child (the Spark JVM) runs share x this, then is stopped for the rest of it.
-GOVERN_PERIOD_S = 0.05
 
 
 class CpuBudget:
-    """Holds the retraining process to `share` of one CPU (retrain.worker_cpu_share) while it is active.
+    """Holds the retraining's Python side to `share` of one CPU (retrain.worker_cpu_share) while active.
 
     SCHED_IDLE alone leaves the retraining every CPU cycle the detector does not use, and on a
     busy machine a runnable retraining still delays a waking scorer thread up to the scheduler's
-    tick (measured: bench_retrain.py p99 2-3x the control at full speed, 1.4x at a fifth of a CPU).
+    tick (docs/retraining.md; bench_retrain.py's figures with and without it are in the README).
     Python work calls `pace()` between steps (each import, each file read, each training step): it
-    sleeps while this process is ahead of its share. Child processes (the Spark JVM) are
-    duty-cycled meanwhile: stopped (SIGSTOP) for (1 - share) of every GOVERN_PERIOD_S, continued for
-    the rest, and always continued when the budget ends. A share of 1 does nothing.
+    sleeps while this process is ahead of its share. A share of 1 does nothing. The Spark JVM is
+    not paced: stopped and continued in turns (SIGSTOP/SIGCONT, a fifth of every 50 ms running)
+    its window read took 231 s instead of 11-14 s and the p99 got worse (3.70x, measured).
     """
 
     def __init__(
@@ -116,8 +113,6 @@ class CpuBudget:
         self._tokens = BUDGET_BURST_S
         self._wall, self._cpu = clock(), cpu_time()
         self._finder = _PacedImports(self.pace)
-        self._governor: threading.Thread | None = None
-        self._done = threading.Event()
 
     def pace(self) -> None:
         """Sleep as long as this process has used more than its share (the tokens it had, at most BUDGET_BURST_S)."""
@@ -136,35 +131,17 @@ class CpuBudget:
             self._wall, self._cpu = self._clock(), self._cpu_time()
 
     @contextlib.contextmanager
-    def active(self, children: bool = False) -> Iterator[CpuBudget]:
-        """Pace imports (and with `children`, duty-cycle child processes) inside the block."""
+    def active(self) -> Iterator[CpuBudget]:
+        """Pace every import inside the block."""
         if self.share >= 1:
             yield self
             return
         sys.meta_path.insert(0, self._finder)
-        if children:
-            self._done.clear()
-            self._governor = threading.Thread(target=self._govern, name="cpu-budget", daemon=True)
-            self._governor.start()
         try:
             yield self
         finally:
             with contextlib.suppress(ValueError):
                 sys.meta_path.remove(self._finder)
-            if self._governor is not None:
-                self._done.set()
-                self._governor.join(1.0)
-                self._governor = None
-            continue_children()
-
-    def _govern(self) -> None:
-        stopped_for, running_for = GOVERN_PERIOD_S * (1 - self.share), GOVERN_PERIOD_S * self.share
-        while not self._done.is_set():
-            pids = descendants()
-            _signal_all(pids, signal.SIGSTOP)
-            self._done.wait(stopped_for)
-            _signal_all(pids, signal.SIGCONT)
-            self._done.wait(running_for)
 
 
 class _PacedImports:
@@ -175,35 +152,6 @@ class _PacedImports:
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
         self._pace()
-
-
-def descendants(pid: int | str = "self") -> list[int]:
-    """The processes this one started, and theirs (Linux /proc; [] elsewhere)."""
-    found: list[int] = []
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            children = [int(child) for child in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-        for child in children:
-            found.append(child)
-            found.extend(descendants(child))
-    return found
-
-
-def continue_children() -> None:
-    """SIGCONT to every descendant: none is left stopped by a budget, whatever ended it."""
-    _signal_all(descendants(), signal.SIGCONT)
-
-
-def _signal_all(pids: Sequence[int], signum: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
 
 
 class RetrainFailed(DataError):
@@ -531,13 +479,13 @@ def read_window_arrow(
 def run_job(job: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run one retraining job (window, fit, champion/challenger, registry); returns its result.
 
-    All of it within retrain.worker_cpu_share of one CPU (CpuBudget), the Spark JVM included.
+    Its Python side within retrain.worker_cpu_share of one CPU (CpuBudget); the Spark JVM is not paced.
     """
     config = FraudkitConfig.model_validate(job["config"])
     budget = CpuBudget(config.retrain.worker_cpu_share)
     if budget.share < 1:
         log(f"retraining within {budget.share:.0%} of one CPU (retrain.worker_cpu_share)")
-    with budget.active(children=config.retrain.window_reader == "spark"):
+    with budget.active():
         return _run_job(job, config, log, budget)
 
 
@@ -674,7 +622,6 @@ def _watch_parent(parent: int) -> None:
         while True:
             time.sleep(PARENT_CHECK_S)
             if os.getppid() != parent:
-                continue_children()
                 os._exit(3)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
