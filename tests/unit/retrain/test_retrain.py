@@ -584,14 +584,18 @@ class FakeProcessClock:
     def budget(self, share: float) -> CpuBudget:
         return CpuBudget(share, lambda: self.wall, lambda: self.cpu, self.sleep)
 
+    def steps(self, budget: CpuBudget, count: int, cpu_s: float) -> None:
+        """`count` steps of work, each followed by the budget's pace()."""
+        for _ in range(count):
+            self.work(cpu_s)
+            budget.pace()
+
 
 def test_a_cpu_budget_holds_steady_work_to_its_share() -> None:
     clock = FakeProcessClock()
     budget = clock.budget(0.25)
 
-    for _ in range(1000):
-        clock.work(0.004)
-        budget.pace()
+    clock.steps(budget, 1000, 0.004)
 
     assert clock.cpu / clock.wall == pytest.approx(0.25, rel=0.02)
     assert budget.slept_s == pytest.approx(sum(clock.slept))
@@ -614,9 +618,7 @@ def test_a_full_cpu_budget_never_sleeps() -> None:
     clock = FakeProcessClock()
     budget = clock.budget(1.0)
 
-    for _ in range(100):
-        clock.work(0.1)
-        budget.pace()
+    clock.steps(budget, 100, 0.1)
 
     assert clock.slept == []
 
