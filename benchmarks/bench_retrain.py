@@ -206,8 +206,6 @@ def stream_producer(
     labels_sent = 0
     clock_start = time.perf_counter()
     warm_until = clock_start + warmup_s
-    if not warmup_s:
-        started_at.value = time.time()
     index = 0
     while not stop.is_set():
         now = time.perf_counter()
