@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+import sys
+from dataclasses import dataclass
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 
 SCHEMA_VERSION = 1
@@ -60,23 +62,45 @@ class InvalidMessage(ValueError):
     """A message that cannot be decoded or fails validation; the text names the field."""
 
 
-@dataclass(slots=True)
-class Transaction:
-    """One card payment as it travels on the transactions topic."""
+# The bounds below as msgspec constraints: the detector's fast decoder (detect.codec) checks them in C.
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT_CHARS)]
+_Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)] | None
+# No finite-only constraint exists; these bounds refuse inf (1e400 parses as inf).
+_Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+_Extra = Annotated[
+    dict[Annotated[str, msgspec.Meta(max_length=MAX_EXTRA_KEY_CHARS)], _Finite],
+    msgspec.Meta(max_length=MAX_EXTRA_FIELDS),
+]
 
-    transaction_id: str
-    event_time_ms: int
-    card_id: str
-    amount: float
-    customer_id: str | None = None
-    terminal_id: str | None = None
-    currency: str | None = None
-    merchant_category: str | None = None
-    country: str | None = None
-    lat: float | None = None
-    lon: float | None = None
-    produced_ms: int | None = None
-    extra: dict[str, float] = field(default_factory=dict)
+
+class Transaction(
+    msgspec.Struct,
+    tag_field="schema",
+    tag=SCHEMA_VERSION,
+    forbid_unknown_fields=True,
+    gc=False,
+):
+    """One card payment as it travels on the transactions topic.
+
+    A msgspec Struct rather than a dataclass: `detect.codec` decodes well-formed messages straight
+    into it (validated by the annotated bounds, 3-4x faster than orjson plus Python checks), and its
+    instances stay out of the garbage collector's lists (gc=False: they hold no reference cycles).
+    Construction does not validate; `transaction_from_dict` and `decode_transaction` do.
+    """
+
+    transaction_id: _Id
+    event_time_ms: Annotated[int, msgspec.Meta(ge=MIN_EVENT_MS, le=MAX_EVENT_MS)]
+    card_id: _Id
+    amount: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_AMOUNT)]
+    customer_id: _Text = None
+    terminal_id: _Text = None
+    currency: _Text = None
+    merchant_category: _Text = None
+    country: _Text = None
+    lat: Annotated[float, msgspec.Meta(ge=-90.0, le=90.0)] | None = None
+    lon: Annotated[float, msgspec.Meta(ge=-180.0, le=180.0)] | None = None
+    produced_ms: Annotated[int, msgspec.Meta(ge=0, le=MAX_EPOCH_MS)] | None = None
+    extra: _Extra = msgspec.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form (schema, ids, event time, production time, fields, extra)."""

@@ -21,6 +21,7 @@ from fraudkit.detect import (
     DetectSettings,
     DetectSummary,
     ModelHolder,
+    codec,
     commit,
 )
 from fraudkit.detect.codec import decode_batch, decode_one, encode_verdicts
@@ -31,7 +32,7 @@ from fraudkit.features import FeatureSpec
 from fraudkit.latency import LatencyHistogram
 from fraudkit.model.metrics import average_precision
 from fraudkit.model.network import RuleModel
-from fraudkit.schema import InvalidMessage, Transaction, decode_transaction, encode
+from fraudkit.schema import MAX_TEXT_CHARS, InvalidMessage, Transaction, decode_transaction, encode
 from fraudkit.stream import kafka
 
 START_MS = 1_767_225_600_000
@@ -113,6 +114,70 @@ def test_fast_decoding_matches_the_schema_validator_on_random_mutations() -> Non
         assert fast(raw) == reference(raw), raw
 
 
+def test_fast_decoding_matches_the_schema_validator_on_byte_level_variants() -> None:
+    # What a dict cannot express: raw bytes the msgspec path (canonical prefix) sees first.
+    canonical = encode(valid_dict())
+    assert canonical.startswith(b'{"schema":1,')
+    body = canonical[:-1]
+    long_text = "x" * MAX_TEXT_CHARS
+    cases = [
+        body + b',"note":"\xff"}',  # invalid UTF-8 in an unknown field
+        body + b',"note":1e99999}',  # infinity in an unknown field
+        body + b',"note":"\\ud800"}',  # a lone surrogate
+        body + b',"note":1}',  # any unknown field
+        body.replace(b'"card_id":"card-0"', b'"card_id":"\xc3\xa9\xff"'),
+        body.replace(b'"amount":12.5', b'"amount":1e400'),
+        body.replace(b'"amount":12.5', b'"amount":123456789012345678901234567890'),
+        body.replace(b'"amount":12.5', b'"amount":12'),
+        body.replace(b'"V1":0.5', b'"V1":1e400'),
+        body.replace(b'"V1":0.5', b'"V1":123456789012345678901234567890'),
+        body.replace(b'"V1":0.5', b'"V1":0.5,"V1":2'),  # a duplicate key: the last one wins
+        body + b',"amount":3}',
+        body + b',"schema":2}',
+        body + b',"schema":1}',
+        body + b',"event_time_ms":1767225600000.0}',
+        body.replace(b'"produced_ms":1767225600005', b'"produced_ms":1767225600005.5'),
+        body.replace(b'"lat":48.1', b'"lat":90'),
+        body.replace(b'"lat":48.1', b'"lat":90.0000001'),
+        body.replace(b'"country":"DE"', b'"country":' + orjson.dumps(long_text)),
+        body.replace(b'"country":"DE"', b'"country":' + orjson.dumps(long_text + "x")),
+        body.replace(b'"card_id":"card-0"', b'"card_id":' + orjson.dumps("\u00e9" * MAX_TEXT_CHARS)),
+        body.replace(b'"card_id":"card-0"', b'"card_id":""'),
+        body.replace(b'"card_id":"card-0"', b'"card_id":7'),
+        body.replace(b'"extra":{"V1":0.5}', b'"extra":' + orjson.dumps({f"V{i}": i for i in range(256)})),
+        body.replace(b'"extra":{"V1":0.5}', b'"extra":' + orjson.dumps({f"V{i}": i for i in range(257)})),
+        body.replace(b'"extra":{"V1":0.5}', b'"extra":' + orjson.dumps({"k" * 128: 1.0})),
+        body.replace(b'"extra":{"V1":0.5}', b'"extra":' + orjson.dumps({"k" * 129: 1.0})),
+        body.replace(b'"extra":{"V1":0.5}', b'"extra":null'),
+        body.replace(b'"extra":{"V1":0.5}', b'"extra":{}'),
+        body.replace(b'"extra":{"V1":0.5}', b'"extra":0'),
+        canonical + b" ",
+        canonical + b" x",
+        b'{"schema":1, "transaction_id":"t","event_time_ms":1767225600000,"card_id":"c","amount":1}',
+        b'{"schema":1,"transaction_id":"t","event_time_ms":1767225600000,"card_id":"c","amount":1}',
+        b'{"schema":1,"transaction_id":"t","event_time_ms":1767225600000,"card_id":"c"}',
+    ]
+    for raw in cases:
+        assert fast(raw) == reference(raw), raw
+
+
+def test_canonical_messages_take_the_compiled_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bytes] = []
+    compiled = codec._decode_canonical
+
+    def spy(raw: bytes) -> Transaction:
+        seen.append(raw)
+        return compiled(raw)
+
+    monkeypatch.setattr(codec, "_decode_canonical", spy)
+    canonical = encode(valid_dict())
+    spaced = canonical.replace(b'"schema":1,', b'"schema": 1,')
+    transactions, good, bad = decode_batch([canonical, spaced])
+    assert seen == [canonical]  # the other encoding goes the orjson way, with the same result
+    assert good == [0, 1] and not bad
+    assert transactions[0] == transactions[1] == decode_transaction(canonical)
+
+
 def test_decode_batch_keeps_positions_and_reasons() -> None:
     values = [encode(valid_dict(0)), b"{bad", encode(valid_dict(2)), orjson.dumps({"schema": 2}), None]
     transactions, good, bad = decode_batch(values)
@@ -153,7 +218,7 @@ def test_verdicts_carry_every_field() -> None:
         "rules_version": None,
     }
     assert legit["decision"] == "legit" and legit["reasons"] == []
-    # The batch's rows share one dict while encoding: nothing of a row leaks into the next.
+    # Nothing of a row leaks into the next.
     first, second = (
         orjson.loads(raw)
         for raw in encode_verdicts(
@@ -162,6 +227,57 @@ def test_verdicts_carry_every_field() -> None:
     )
     assert first == fraud
     assert second == legit
+
+
+def test_verdict_bytes_are_orjson_of_the_record_with_hostile_text() -> None:
+    # The batch is encoded in one call and split on newlines: text holding newlines, quotes,
+    # control characters and non-ASCII must not split a verdict, and the bytes stay orjson's.
+    odd = ["a\nb", 'q"uote\\', "\u2028sep\r", "é中😀", "\x00\x1f", "plain"]
+    transactions = [
+        Transaction(
+            transaction_id=text,
+            event_time_ms=START_MS + i,
+            card_id=f"card\n{i}",
+            amount=[0.1, 1e-7, 123456.789, 0.0, 5.0, 1e6][i],
+            terminal_id=None if i % 2 else text,
+            currency=text,
+            country=None,
+            merchant_category=text,
+            produced_ms=None if i % 3 else START_MS,
+        )
+        for i, text in enumerate(odd)
+    ]
+    scores = [0.25, 1e-9, 0.999999, 0.0, 1.0, 0.5]
+    frauds = [False, True, True, False, True, False]
+    reasons = {1: [{"feature": "amount\n", "value": 1e-7, "contribution": -2.5}]}
+    encoded = encode_verdicts(transactions, scores, frauds, reasons, 0.5, "v\n9", 100, 105, "det\n1")
+    assert len(encoded) == len(odd)
+    for index, (raw, tx) in enumerate(zip(encoded, transactions, strict=True)):
+        expected = {
+            "schema": 1,
+            "transaction_id": tx.transaction_id,
+            "card_id": tx.card_id,
+            "terminal_id": tx.terminal_id,
+            "score": scores[index],
+            "decision": "fraud" if frauds[index] else "legit",
+            "threshold": 0.5,
+            "model_version": "v\n9",
+            "reasons": reasons.get(index, []) if frauds[index] else [],
+            "event_time_ms": tx.event_time_ms,
+            "produced_ms": tx.produced_ms,
+            "consumed_ms": 100,
+            "verdict_ms": 105,
+            "amount": tx.amount,
+            "currency": tx.currency,
+            "country": tx.country,
+            "merchant_category": tx.merchant_category,
+            "detector": "det\n1",
+            "rules": [],
+            "review": False,
+            "rules_version": None,
+        }
+        assert raw == orjson.dumps(expected)
+    assert encode_verdicts([], [], [], {}, 0.5, "v1", 1, 2, "d") == []
 
 
 def test_latency_percentiles_are_exact() -> None:

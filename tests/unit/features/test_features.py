@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 import pandas as pd
 import pytest
@@ -635,6 +635,6 @@ def test_pandas_features_follow_event_order_and_align_with_the_frame_rows() -> N
     np.testing.assert_allclose(got, expected[shuffled.index.to_numpy()], rtol=1e-9, atol=1e-9)
     # Round trip through the frame: NaN locations come back as None, pass-through goes to extra.
     rebuilt = frame_to_transactions(frame, ["V1"])
-    assert rebuilt == [dataclasses.replace(t, currency="EUR") for t in txs]
+    assert rebuilt == [msgspec.structs.replace(t, currency="EUR") for t in txs]
     assert any(t.lat is None for t in rebuilt) and any(t.terminal_id is None for t in rebuilt)
     assert frame_to_labels(frame) == labels
