@@ -49,6 +49,7 @@ import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
+import msgspec
 import numpy as np
 import orjson
 from _detector_log import DetectorLog
@@ -216,7 +217,7 @@ def stream_producer(
         while index < due:
             cycle, position = divmod(index, len(stream))
             base = stream[position]
-            tx = dataclasses.replace(
+            tx = msgspec.structs.replace(
                 base,
                 transaction_id=f"{base.transaction_id}-{cycle}",
                 event_time_ms=base.event_time_ms + cycle * span_ms,

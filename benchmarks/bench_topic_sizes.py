@@ -16,12 +16,12 @@ topics.replication_factor).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 import uuid
 from pathlib import Path
 
+import msgspec
 import numpy as np
 from _engines import local_broker
 from bench_detect import SimulatorFields
@@ -78,7 +78,7 @@ def produce_stream(config: FraudkitConfig, transactions: list[Transaction]) -> d
     now = int(time.time() * 1000)
     for start in range(0, len(transactions), BATCH):
         batch = [
-            dataclasses.replace(tx, produced_ms=now + start) for tx in transactions[start : start + BATCH]
+            msgspec.structs.replace(tx, produced_ms=now + start) for tx in transactions[start : start + BATCH]
         ]
         scores = (rng.random(len(batch)) ** 4).tolist()  # mostly low, as a detector's scores are
         verdicts = encode_verdicts(
